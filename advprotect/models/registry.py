@@ -56,7 +56,7 @@ MODELS: dict[str, ModelSpec] = {
             converter="advprotect.models.dlib_resnet:convert_dat",
             description="dlib ResNet face descriptor (torch port), 128-d",
             input_size=(150, 150),
-            normalisation="x*255/256 (dlib input_rgb_image)",
+            normalisation="(x*255 - mean_rgb)/256, mean_rgb=(122.782, 117.001, 104.298)",
         ),
     ]
 }

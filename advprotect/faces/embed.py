@@ -1,0 +1,175 @@
+"""Find, align and embed faces: shared by protect-faces, evaluate and model calibration.
+
+A :class:`FaceJob` is one face of one photo: its region of interest (ROI) of the full-resolution
+photo, brought to a *working resolution* (native for small faces; for large faces scaled so one
+aligned-crop pixel is about ``1 / WORK_CROP_SCALE`` ROI pixels), its landmarks there and, for every
+white-box model, the similarity matrix from the working ROI to that model's aligned crop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models.zoo import FACE_MODELS, load_face_model
+from .align import align, crop_footprint, face_roi, feather_mask, roi_to_crop_matrix
+from .detect import Detections, FaceDetector
+from .templates import get_template
+
+#: Working resolution: crop pixels per working-ROI pixel is at most this.
+WORK_CROP_SCALE = 0.8
+
+
+def white_box_models() -> list[str]:
+    """Names of the torch face models (the ones an attack can differentiate through)."""
+    return [n for n, m in FACE_MODELS.items() if not m.native]
+
+
+@dataclass
+class FaceJob:
+    """One face of one photo, ready to be embedded or attacked."""
+
+    photo: int
+    index: int
+    box: list[float]
+    score: float
+    landmarks: torch.Tensor  # (5, 2) photo pixels
+    roi_box: tuple[int, int, int, int]
+    scale: float  # working-ROI pixels per photo pixel
+    work: torch.Tensor  # (3, h, w) working ROI, [0, 1]
+    work_landmarks: torch.Tensor  # (5, 2) in working-ROI pixels
+    matrices: dict[str, torch.Tensor] = field(default_factory=dict)  # model -> (2, 3)
+    mask: torch.Tensor | None = None  # (1, h, w) feathered mask of the ``mask_models`` crops
+
+
+class FaceAnalyzer:
+    """MTCNN detection + alignment + embedding with the white-box models of the zoo.
+
+    Args:
+        device: torch device.
+        min_face: smallest face side (pixels) that gets a job; smaller ones are reported.
+        mask_models: the models whose crops define the editable face mask and the working scale
+            (the attacked ensemble); default all white-box models.
+        feather: mask falloff as a fraction of the crop size.
+    """
+
+    def __init__(self, device: torch.device | str = "cpu", *, min_face: int = 40,
+                 mask_models: Iterable[str] | None = None, feather: float = 0.1,
+                 detector: FaceDetector | None = None) -> None:
+        self.device = torch.device(device)
+        self.min_face = min_face
+        self.feather = feather
+        self.detector = detector or FaceDetector.load(self.device, min_face=min_face)
+        self.templates = {m: get_template(FACE_MODELS[m].template) for m in white_box_models()}
+        self.mask_models = list(mask_models) if mask_models is not None else white_box_models()
+
+    def models(self, names: Iterable[str]) -> dict[str, torch.nn.Module]:
+        return {m: load_face_model(m, self.device) for m in names}
+
+    def prepare(self, photos: Sequence[torch.Tensor]) -> tuple[list[FaceJob], list[list[dict]]]:
+        """Detect faces and build one :class:`FaceJob` per face >= ``min_face``.
+
+        Returns the jobs (highest detector score first within a photo) and, per photo, the
+        faces that were found but left alone, each with a reason."""
+        dets: list[Detections] = self.detector.detect([p.to(self.device) for p in photos])
+        jobs: list[FaceJob] = []
+        skipped: list[list[dict]] = [[] for _ in photos]
+        all_templates = list(self.templates.values())
+        for pi, (photo, det) in enumerate(zip(photos, dets)):
+            h, w = photo.shape[-2:]
+            for fi in range(len(det)):
+                box = det.boxes[fi].tolist()
+                side = min(box[2] - box[0], box[3] - box[1])
+                if side < self.min_face:
+                    skipped[pi].append({"box": [round(v, 1) for v in box],
+                                        "reason": f"face of {side:.0f} px is under --min-face {self.min_face}"})
+                    continue
+                lm = det.landmarks[fi].detach().cpu().double()
+                pts = torch.cat([lm] + [crop_footprint(lm, t) for t in all_templates])
+                try:
+                    roi = face_roi(pts, (h, w), margin=0.02)
+                except ValueError as exc:
+                    skipped[pi].append({"box": [round(v, 1) for v in box], "reason": str(exc)})
+                    continue
+                jobs.append(self._job(pi, fi, photo, box, float(det.scores[fi]), lm, roi))
+        return jobs, skipped
+
+    def _job(self, pi: int, fi: int, photo: torch.Tensor, box: list[float], score: float,
+             lm: torch.Tensor, roi: tuple[int, int, int, int]) -> FaceJob:
+        x0, y0, x1, y1 = roi
+        lm_roi = lm - torch.tensor([x0, y0], dtype=lm.dtype)
+        crop_scale = max(
+            float(torch.linalg.det(roi_to_crop_matrix(lm_roi, self.templates[m])[0, :, :2]).abs().sqrt())
+            for m in self.mask_models
+        )
+        scale = min(1.0, WORK_CROP_SCALE / max(crop_scale, 1e-6))
+        work = self.work_roi(photo, roi, scale)
+        sy, sx = work.shape[1] / (y1 - y0), work.shape[2] / (x1 - x0)
+        lm_work = torch.stack([(lm_roi[:, 0] + 0.5) * sx - 0.5, (lm_roi[:, 1] + 0.5) * sy - 0.5], 1)
+        job = FaceJob(pi, fi, box, score, lm, roi, scale, work, lm_work)
+        hw = tuple(work.shape[-2:])
+        mask = torch.zeros(1, *hw, device=self.device)
+        for m, t in self.templates.items():
+            mat = roi_to_crop_matrix(lm_work, t).float().to(self.device)
+            job.matrices[m] = mat[0]
+            if m in self.mask_models:  # only these models' crops may change
+                mask = torch.maximum(mask, feather_mask(hw, mat, t.size, self.feather).to(self.device))
+        job.mask = mask
+        return job
+
+    def work_roi(self, photo: torch.Tensor, roi: tuple[int, int, int, int], scale: float,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The ROI of ``photo`` at working resolution ``(3, h, w)`` (antialiased when scaled)."""
+        x0, y0, x1, y1 = roi
+        cut = photo[:, y0:y1, x0:x1].to(self.device, torch.float32)
+        if scale >= 1.0 and size is None:
+            return cut.contiguous()
+        if size is None:
+            size = (max(8, round((y1 - y0) * scale)), max(8, round((x1 - x0) * scale)))
+        return F.interpolate(cut[None], size=size, mode="bilinear", align_corners=False,
+                             antialias=True)[0].clamp(0, 1)
+
+    def rework(self, photo: torch.Tensor, job: FaceJob) -> torch.Tensor:
+        """The same face region cut from another version of the photo (e.g. the protected one)."""
+        return self.work_roi(photo, job.roi_box, job.scale, tuple(job.work.shape[-2:]))
+
+    def embed(self, jobs: list[FaceJob], x: torch.Tensor, models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+        """Embeddings ``{model: (N, D)}`` of the working ROIs ``x`` ``(N, 3, h, w)`` of ``jobs``."""
+        out = {}
+        for m, net in models.items():
+            mats = torch.stack([j.matrices[m] for j in jobs])
+            out[m] = net(align(x, mats, self.templates[m].size, antialias=True))
+        return out
+
+    @torch.no_grad()
+    def embed_photos(self, photos: Sequence[torch.Tensor], model_names: Iterable[str],
+                     largest_only: bool = False) -> list[list[dict]]:
+        """Per photo, its faces: ``{"job": FaceJob, "embeddings": {model: (D,)}}``."""
+        jobs, _ = self.prepare(photos)
+        if largest_only:
+            firsts = {}
+            for j in jobs:
+                firsts.setdefault(j.photo, j)
+            jobs = list(firsts.values())
+        out: list[list[dict]] = [[] for _ in photos]
+        if not jobs:
+            return out
+        models = self.models(model_names)
+        emb = self.embed(jobs, stack_rois([j.work for j in jobs]), models)
+        for i, j in enumerate(jobs):
+            out[j.photo].append({"job": j, "embeddings": {m: e[i] for m, e in emb.items()}})
+        return out
+
+
+def stack_rois(works: list[torch.Tensor]) -> torch.Tensor:
+    """Zero-pad ``(3, h_i, w_i)`` ROIs at the bottom/right into one ``(N, 3, H, W)`` batch
+    (the ROI-to-crop matrices stay valid)."""
+    hmax = max(w.shape[1] for w in works)
+    wmax = max(w.shape[2] for w in works)
+    x = works[0].new_zeros(len(works), 3, hmax, wmax)
+    for i, w in enumerate(works):
+        x[i, :, : w.shape[1], : w.shape[2]] = w
+    return x

@@ -1,0 +1,362 @@
+"""Protect every face of a photo against face recognition (APF-style dodging or impersonation).
+
+For each face found by MTCNN, a region of interest (ROI) of the full-resolution photo that holds
+every pixel any model's aligned crop is made of is cut out, brought to a *working resolution*
+(native for small faces; for large faces scaled so one crop pixel is about 1.25 ROI pixels, which
+keeps the cost flat in megapixels and puts the perturbation in frequencies that survive the
+attacker's own down-sampling), and perturbed by the shared attack engine. Each step warps the
+perturbed ROI to every surrogate's aligned crop (differentiable similarity warp), embeds it and
+pushes it away from the face's enrolled feature plus APF's random offset (Eq. 13). The
+perturbation is limited to the face (feathered mask) and to a per-pixel budget (JND map), then
+resampled to the ROI's full resolution and added to the photo's own pixels.
+
+Faces from many photos are attacked together in batches of ``batch_size``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..attacks import EOT, Ensemble, budget_map, make_attack
+from ..models.zoo import FACE_MODELS, embedding_distance, face_model_info
+from .align import align, invert_affine, roi_to_crop_matrix
+from .detect import FaceDetector
+from .embed import FaceAnalyzer, FaceJob, stack_rois, white_box_models
+from .templates import get_template
+
+#: Preset knobs; every one can also be set on its own.
+PRESETS: dict[str, dict[str, Any]] = {
+    "low": dict(eps=4 / 255, steps=10, attack="mifgsm", models=("facenet128",), robust="",
+                eot_samples=1),
+    "mid": dict(eps=8 / 255, steps=30, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
+                robust="", eot_samples=1),
+    "high": dict(eps=8 / 255, steps=60, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
+                 robust="jpeg,resize,blur", eot_samples=2),
+}
+
+
+@dataclass
+class ProtectConfig:
+    """Settings of a protect-faces run (defaults: the ``mid`` preset, APF section 4.1)."""
+
+    attack: str = "mdifgsm"
+    eps: float = 8 / 255
+    alpha: Optional[float] = None  # default eps / 4 (2/255 at eps 8/255)
+    steps: int = 30
+    decay: float = 1.0
+    diversity_prob: float = 0.5
+    models: tuple[str, ...] = ("facenet128", "dlib-resnet")
+    weights: str = "adaptive"
+    robust: str = ""
+    eot_samples: int = 1
+    mask: str = "jnd"
+    budget_floor: float = 0.25
+    apf_offset: bool = True
+    offset_fraction: float = 0.10
+    offset_range: float = 0.07
+    min_face: int = 40
+    batch_size: int = 8
+    feather: float = 0.1
+
+    @classmethod
+    def from_preset(cls, mode: str = "mid", **overrides: Any) -> "ProtectConfig":
+        if mode not in PRESETS:
+            raise ValueError(f"unknown mode {mode!r}: use {', '.join(PRESETS)}")
+        values = {**PRESETS[mode], **{k: v for k, v in overrides.items() if v is not None}}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if not 0 < self.eps <= 1:
+            raise ValueError(f"eps must be in (0, 1] (e.g. 8/255 = {8 / 255:.4f}), got {self.eps}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.models:
+            raise ValueError("at least one surrogate model is needed")
+        for m in self.models:
+            info = face_model_info(m)
+            if info.native:
+                raise ValueError(f"{m} is a native black-box model and cannot be attacked; "
+                                 f"white-box models: {', '.join(white_box_models())}")
+        if self.mask not in ("jnd", "none"):
+            raise ValueError(f"mask must be jnd or none, got {self.mask!r}")
+        if self.min_face < 12:
+            raise ValueError(f"min_face must be >= 12 pixels, got {self.min_face}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.offset_fraction <= 1:
+            raise ValueError(f"offset_fraction must be in [0, 1], got {self.offset_fraction}")
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings (for the resume manifest and reports)."""
+        d = asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+
+@dataclass
+class PhotoResult:
+    pixels: torch.Tensor  # (3, H, W) protected photo, [0, 1]
+    faces: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    warnings: list[str]
+
+
+class FaceProtector:
+    """Detect, align and protect faces (see module docstring).
+
+    Args:
+        config: a :class:`ProtectConfig`.
+        device: torch device for detection and the attack.
+        target: optional ``(3, H, W)`` photo of the identity to impersonate; without it, dodging.
+        uap: optional universal perturbation ``(3, S, S)`` in the canonical ``facenet`` crop frame
+            (from :func:`learn_uap`), used as the starting point of every face's perturbation.
+        seed: seeds APF's random offsets and the attack's randomness.
+    """
+
+    def __init__(self, config: ProtectConfig, device: torch.device | str = "cpu", *,
+                 target: torch.Tensor | None = None, uap: torch.Tensor | None = None,
+                 seed: int | None = None, detector: FaceDetector | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.device = torch.device(device)
+        self.analyzer = FaceAnalyzer(self.device, min_face=config.min_face, mask_models=config.models,
+                                     feather=config.feather, detector=detector)
+        self.models = self.analyzer.models(config.models)
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed if seed is not None else torch.seed() % (2**63))
+        self.templates = self.analyzer.templates
+        self.uap = uap.to(self.device) if uap is not None else None
+        self.target_embeddings: dict[str, torch.Tensor] | None = None
+        if target is not None:
+            self.target_embeddings = self._identity_embeddings(target)
+
+    # ------------------------------------------------------------------ preparation
+
+    def _identity_embeddings(self, photo: torch.Tensor) -> dict[str, torch.Tensor]:
+        faces = self.analyzer.embed_photos([photo], self.models, largest_only=True)[0]
+        if not faces:
+            raise ValueError("no face found in the --target image")
+        return faces[0]["embeddings"]
+
+    def evaluators(self, native: bool = True) -> "Evaluators":
+        """Evaluation models (cached): torch models outside the ensemble, native dlib if asked."""
+        key = "_evaluators_native" if native else "_evaluators"
+        if not hasattr(self, key):
+            setattr(self, key, Evaluators.default(self, want_native=native))
+        return getattr(self, key)
+
+    # ------------------------------------------------------------------ attack
+
+    def _offset(self, emb: torch.Tensor) -> torch.Tensor:
+        """APF Eq. 13: 10% of the dimensions ~ U(-0.07, 0.07), the rest 0."""
+        n, d = emb.shape
+        chosen = torch.rand(n, d, generator=self.generator) < self.config.offset_fraction
+        vals = (torch.rand(n, d, generator=self.generator) * 2 - 1) * self.config.offset_range
+        return (vals * chosen).to(emb)
+
+    def attack_jobs(self, jobs: list[FaceJob], callback: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Attack a batch of faces; returns each face's working-resolution perturbation (3, h, w)."""
+        if not jobs:
+            return []
+        cfg = self.config
+        x = stack_rois([j.work for j in jobs])
+        maskb = stack_rois([j.mask.expand(3, -1, -1) for j in jobs])[:, :1]
+        budget = budget_map(x, cfg.eps, cfg.mask, cfg.budget_floor) * maskb
+        with torch.no_grad():
+            clean = self.analyzer.embed(jobs, x, self.models)
+        losses: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        for m, net in self.models.items():
+            info = FACE_MODELS[m]
+            mats = torch.stack([j.matrices[m] for j in jobs])
+            size = self.templates[m].size
+            if self.target_embeddings is not None:
+                ref, sign = self.target_embeddings[m].expand_as(clean[m]), -1.0
+            else:
+                ref = clean[m] + (self._offset(clean[m]) if cfg.apf_offset else 0.0)
+                sign = 1.0
+
+            def loss(xa: torch.Tensor, net=net, mats=mats, size=size, ref=ref, sign=sign, info=info):
+                emb = net(align(xa, mats, size, antialias=True))
+                return sign * embedding_distance(emb, ref, info.distance) / info.threshold
+
+            losses[m] = loss
+        objective = Ensemble(losses, cfg.weights) if len(losses) > 1 else next(iter(losses.values()))
+        attack = make_attack(
+            cfg.attack, **self._attack_kwargs(),
+        )
+        init = self._uap_init(jobs, x.shape) if self.uap is not None else None
+        step_cb = (lambda step, _loss: callback(step)) if callback else None
+        x_adv = attack(x, objective, eps_map=budget, init=init, callback=step_cb)
+        delta = x_adv - x
+        return [delta[i, :, : j.work.shape[1], : j.work.shape[2]] for i, j in enumerate(jobs)]
+
+    def _attack_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kw: dict[str, Any] = dict(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha or cfg.eps / 4)
+        name = cfg.attack.lower().replace("-", "").replace("_", "")
+        if name in ("mifgsm", "mdifgsm", "tifgsm"):
+            kw["decay"] = cfg.decay
+        if name in ("difgsm", "mdifgsm", "tifgsm"):
+            kw["diversity_prob"] = cfg.diversity_prob
+        if name == "fgsm":
+            kw = dict(eps=cfg.eps)
+        if name == "cwl2":
+            kw = dict(eps=cfg.eps, steps=cfg.steps)
+        if cfg.robust and name != "cwl2":
+            kw["eot"] = EOT(cfg.robust, samples=cfg.eot_samples)
+        return kw
+
+    def _uap_init(self, jobs: list[FaceJob], shape: torch.Size) -> torch.Tensor:
+        """The universal perturbation (canonical facenet crop frame) warped into each ROI."""
+        from kornia.geometry.transform import warp_affine
+
+        canon = get_template("facenet")
+        init = torch.zeros(shape, device=self.device)
+        for i, j in enumerate(jobs):
+            h, w = j.work.shape[-2:]
+            mat = roi_to_crop_matrix(j.work_landmarks, canon).float().to(self.device)
+            init[i, :, :h, :w] = warp_affine(self.uap[None], invert_affine(mat), (h, w),
+                                             align_corners=True)[0]
+        return init
+
+    # ------------------------------------------------------------------ compose + measure
+
+    def compose(self, photo: torch.Tensor, jobs: list[FaceJob], deltas: list[torch.Tensor]) -> torch.Tensor:
+        """The protected photo: each face's perturbation resampled to full resolution, added."""
+        out = photo.clone()
+        canvas = torch.zeros_like(photo)
+        for j, d in zip(jobs, deltas):
+            x0, y0, x1, y1 = j.roi_box
+            d = d.to(photo.device, photo.dtype)
+            if j.scale < 1.0:
+                d = F.interpolate(d[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+            canvas[:, y0:y1, x0:x1] += d
+        canvas.clamp_(-self.config.eps, self.config.eps)
+        out = (photo + canvas).clamp_(0, 1)
+        return out
+
+    def protect(self, photos: Sequence[torch.Tensor], *, progress: Callable[[int], None] | None = None,
+                evaluators: Optional["Evaluators"] = None) -> list[PhotoResult]:
+        """Protect every face of every photo; photos are (3, H, W) float in [0, 1] (not modified)."""
+        t0 = time.perf_counter()
+        jobs, skipped = self.analyzer.prepare(photos)
+        deltas: list[torch.Tensor] = []
+        bs = self.config.batch_size
+        for k in range(0, len(jobs), bs):
+            deltas += self.attack_jobs(jobs[k:k + bs], callback=progress)
+        results = []
+        for pi, photo in enumerate(photos):
+            mine = [(j, d) for j, d in zip(jobs, deltas) if j.photo == pi]
+            if mine:
+                out = self.compose(photo, [j for j, _ in mine], [d for _, d in mine])
+                out = (out * 255).round() / 255  # what an 8-bit file will hold
+            else:
+                out = photo.clone()
+            warnings = [] if mine else ["no face found: written unchanged"]
+            results.append(PhotoResult(out, [], skipped[pi], warnings))
+        elapsed = time.perf_counter() - t0
+        for pi, photo in enumerate(photos):
+            mine = [j for j in jobs if j.photo == pi]
+            results[pi].faces = self.measure(photo, results[pi].pixels, mine, evaluators)
+            for f in results[pi].faces:
+                f["seconds"] = round(elapsed / max(1, len(jobs)), 3)
+        return results
+
+    @torch.no_grad()
+    def measure(self, photo: torch.Tensor, protected: torch.Tensor, jobs: list[FaceJob],
+                evaluators: Optional["Evaluators"] = None) -> list[dict[str, Any]]:
+        """Per face: distance clean->protected and verified yes/no for every surrogate and every
+        evaluation model (white-box = in the ensemble; black-box = not), SSIM/PSNR of the face."""
+        from ..evaluate.quality import image_quality
+
+        if not jobs:
+            return []
+        ev = evaluators or self.evaluators(native=False)
+        rows = []
+        torch_models = {**self.models, **ev.torch_models}
+        clean = self.analyzer.embed(jobs, stack_rois([j.work for j in jobs]), torch_models)
+        after = self.analyzer.embed(jobs, stack_rois([self.analyzer.rework(protected, j) for j in jobs]),
+                                    torch_models)
+        native = ev.native_pairs(photo, protected, jobs) if ev.native is not None else None
+        for i, j in enumerate(jobs):
+            x0, y0, x1, y1 = j.roi_box
+            q = image_quality(photo[:, y0:y1, x0:x1], protected[:, y0:y1, x0:x1])
+            models = {}
+            for m in torch_models:
+                info = FACE_MODELS[m]
+                d = float(embedding_distance(after[m][i:i + 1], clean[m][i:i + 1], info.distance))
+                models[m] = {"white_box": m in self.models, "distance": round(d, 4),
+                             "threshold": info.threshold, "verified_before": True,
+                             "verified_after": d < info.threshold}
+            if native is not None:
+                models["dlib"] = {"white_box": False, **native[i]}
+            rows.append({"face": j.index, "box": [round(v, 1) for v in j.box],
+                         "score": round(j.score, 4), "models": models,
+                         "face_ssim": q["ssim"], "face_psnr": q["psnr"]})
+        return rows
+
+@dataclass
+class Evaluators:
+    """Models a protection is measured with beyond the attacked ensemble."""
+
+    torch_models: dict[str, torch.nn.Module]
+    native: Any = None  # DlibVerifier or None
+
+    @classmethod
+    def default(cls, protector: FaceProtector, want_native: bool = True) -> "Evaluators":
+        extra = protector.analyzer.models(m for m in white_box_models() if m not in protector.models)
+        native = None
+        if want_native:
+            from .dlib_native import DlibVerifier
+
+            if DlibVerifier.available():
+                native = DlibVerifier.load()
+        return cls(extra, native)
+
+    def native_pairs(self, photo: torch.Tensor, protected: torch.Tensor,
+                     jobs: list[FaceJob]) -> list[dict[str, Any]]:
+        """Native dlib on the clean and the protected photo; faces matched to jobs by box overlap."""
+        clean = self.native.faces(to_uint8(photo))
+        prot = self.native.faces(to_uint8(protected))
+        rows = []
+        for j in jobs:
+            c = _match(clean, j.box)
+            p = _match(prot, j.box)
+            if c is None:
+                rows.append({"verified_before": False, "verified_after": False, "distance": None,
+                             "note": "dlib found no face here in the clean photo"})
+                continue
+            if p is None:
+                rows.append({"verified_before": True, "verified_after": False, "distance": None,
+                             "note": "dlib found no face here in the protected photo"})
+                continue
+            d = float(self.native.distance(c.descriptor, p.descriptor))
+            rows.append({"verified_before": True, "verified_after": d < self.native.threshold,
+                         "distance": round(d, 4), "threshold": self.native.threshold})
+        return rows
+
+
+def to_uint8(photo: torch.Tensor):
+    """(3, H, W) float [0, 1] -> (H, W, 3) uint8 numpy, as native libraries want."""
+    return (photo.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _match(faces: list, box: list[float]):
+    best, best_iou = None, 0.2
+    for f in faces:
+        b = [float(v) for v in f.box]
+        ix = max(0.0, min(b[2], box[2]) - max(b[0], box[0]))
+        iy = max(0.0, min(b[3], box[3]) - max(b[1], box[1]))
+        inter = ix * iy
+        union = (b[2] - b[0]) * (b[3] - b[1]) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+        iou = inter / union if union > 0 else 0.0
+        if iou > best_iou:
+            best, best_iou = f, iou
+    return best
