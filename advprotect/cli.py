@@ -440,6 +440,79 @@ def protect_faces(
                summary=_faces_summary, after_write=after_write)
 
 
+@app.command("uap")
+def uap_command(
+    ctx: typer.Context,
+    folder: str = typer.Argument(..., help="Photos to learn from (a folder, searched recursively, or a .txt list)."),
+    out: str = typer.Option(..., "--out", "-o", help="File to write, e.g. uap.pt (use with protect-faces --uap)."),
+    models: str = typer.Option("facenet128,dlib-resnet", "--models", help="Comma-separated white-box surrogates."),
+    eps: str = typer.Option("8/255", "--eps", help="L-inf budget of the universal perturbation."),
+    epochs: int = typer.Option(5, "--epochs", min=1, help="Passes over the faces."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces per update."),
+) -> None:
+    """Learn a universal face perturbation (APF section 3.5, Eq. 7) from a folder of photos.
+
+    `protect-faces --uap FILE` starts every face's attack from it, so fewer steps reach the same
+    protection. Example: advprotect uap my_photos/ -o uap.pt
+    """
+    import torch
+    from rich.progress import Progress
+
+    from .faces.uap import learn_uap
+    from .io import ImageReadError, UsageError, discover, read_image
+    from .runtime import configure_threads, resolve_device, seed_everything
+
+    opts = options(ctx)
+    try:
+        device = resolve_device(opts.device)
+        eps_v = parse_eps(eps)
+        names = _csv(models) or ()
+        from .faces.protect import ProtectConfig
+
+        ProtectConfig(models=names).validate()
+        items = discover(folder)
+    except (ValueError, UsageError, OSError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    configure_threads()
+    seed_everything(opts.seed)
+    photos, failed = [], 0
+    for it in items:
+        try:
+            if it.error:
+                raise ImageReadError(it.error)
+            photos.append(read_image(it.path).pixels)
+        except ImageReadError as exc:
+            failed += 1
+            err_console.print(f"{it.path}: {exc}")
+    try:
+        with Progress(console=console(opts), disable=opts.quiet, transient=True) as progress:
+            task = progress.add_task("learning the universal perturbation", total=None)
+            u, summary = learn_uap(photos, names, eps=eps_v, epochs=epochs, batch_size=batch_size,
+                                   device=device, seed=opts.seed or 0,
+                                   progress=lambda d, t: progress.update(task, completed=d, total=t))
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_FAILED)
+    from pathlib import Path
+
+    from .io import atomic_write_bytes
+
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save({"uap": u, **{k: v for k, v in summary.items() if k != "self_distance_over_threshold"},
+                "template": "facenet"}, buf)
+    atomic_write_bytes(Path(out), buf.getvalue())
+    summary.update(out=str(out), unreadable=failed)
+    if opts.json:
+        emit_json(summary)
+    else:
+        console(opts).print(f"universal perturbation of {summary['faces']} faces written to {out}; "
+                            f"self-distance / threshold: {summary['self_distance_over_threshold']}")
+    raise typer.Exit(EXIT_FAILED if failed else EXIT_OK)
+
+
 def load_uap(path: str):
     import torch
 
@@ -462,6 +535,63 @@ def _faces_summary(report, con: Console) -> None:
                 table.add_row(str(e.rel), str(f["face"]), f"{m} ({kind})", d, ok, f"{f['face_ssim']:.3f}")
     if table.row_count:
         con.print(table)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+@app.command("evaluate")
+def evaluate(
+    ctx: typer.Context,
+    original: str = typer.Option(..., "--original", help="Folder of clean photos (identity = first-level subfolder)."),
+    protected: str = typer.Option(..., "--protected", help="Folder of protected photos, paired with --original by relative path."),
+    enrolled: Optional[str] = typer.Option(None, "--enrolled", help="Other clean photos of the same people (same identity subfolders); default: the other originals."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV with protected_rel,enrolled_path[,same] rows instead of folder pairing."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated face models (default: all, native dlib included when installed)."),
+    transforms: str = typer.Option("jpeg:75,social", "--transforms", help="Real-codec robustness checks: jpeg:Q, resize:S, blur:SIGMA, crop:F, social (1080 px + JPEG q80), or all."),
+    report_json: Optional[str] = typer.Option(None, "--report", help="Write the JSON report here."),
+    csv: Optional[str] = typer.Option(None, "--csv", help="Write one CSV row per photo here."),
+    markdown: Optional[str] = typer.Option(None, "--markdown", help="Write a Markdown summary here."),
+    html: Optional[str] = typer.Option(None, "--html", help="Write a self-contained HTML report (thumbnails, ASR charts)."),
+    fail_under: Optional[float] = typer.Option(None, "--fail-under", help="Exit 3 when the mean ASR of --fail-model is below this (0..1)."),
+    fail_model: str = typer.Option("facenet128", "--fail-model", help="The model --fail-under looks at."),
+) -> None:
+    """Measure how well protection works: attack success rate (APF Eq. 11) and protection rate per
+    face model at FAR 1e-2 and 1e-3, robustness under real JPEG/resize/blur/crop, and SSIM/PSNR.
+
+    Exit codes: 0 ok; 1 some files failed or were unpaired; 2 usage error; 3 --fail-under not met.
+    Example: advprotect --json evaluate --original photos/ --protected protected/ --fail-under 0.9
+    """
+    from rich.progress import Progress
+
+    from .evaluate.command import evaluate_command
+    from .io import UsageError
+    from .runtime import resolve_device
+
+    opts = options(ctx)
+    try:
+        device = str(resolve_device(opts.device))
+        with Progress(console=console(opts), disable=opts.quiet, transient=True) as progress:
+            task = progress.add_task("evaluating", total=None)
+            report, code = evaluate_command(
+                original, protected, enrolled=enrolled, pairs=pairs, models=models,
+                transforms=transforms, out_json=report_json, out_csv=csv, out_md=markdown, html=html,
+                fail_under=fail_under, fail_model=fail_model, device=device,
+                progress=lambda m: progress.update(task, description=m))
+    except (UsageError, ValueError) as exc:
+        err_console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_USAGE)
+    if opts.json:
+        emit_json(report)
+    else:
+        from .report.markdown import render_markdown
+
+        from rich.markdown import Markdown
+
+        console(opts).print(Markdown(render_markdown(report)))
+        for f in report.get("files", []):
+            if f.get("status") != "ok":
+                err_console.print(f"{f.get('rel', f.get('protected'))}: {f.get('status')} {f.get('error', '')}")
+    raise typer.Exit(code)
 
 
 # --------------------------------------------------------------------------- erasable protection

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,24 +39,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from advprotect.faces import align as A  # noqa: E402
-from advprotect.faces.templates import Template  # noqa: E402
-from advprotect.models import registry, store  # noqa: E402
+from advprotect.faces import align as A
+from advprotect.faces.templates import Template
+from advprotect.models import registry, store
 
 
 def dlib_chip_matrix(details) -> np.ndarray:
-    """(2, 3) image -> chip pixel matrix of a ``dlib.chip_details`` (pixel centres at integers).
+    """(2, 3) image -> chip pixel matrix of a ``dlib.chip_details``."""
+    from advprotect.faces.dlib_native import chip_matrix
 
-    dlib maps chip pixel (0, 0) to the rectangle's top-left corner and (cols-1, rows-1) to its
-    bottom-right corner, rotated by ``angle`` about the rectangle's centre."""
-    r = details.rect
-    w, h = r.right() - r.left(), r.bottom() - r.top()
-    cx, cy = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2
-    c, s = math.cos(details.angle), math.sin(details.angle)
-    lin = np.array([[c, -s], [s, c]]) @ np.diag([w / (details.cols - 1), h / (details.rows - 1)])
-    t = np.array([cx, cy]) - lin @ np.array([(details.cols - 1) / 2, (details.rows - 1) / 2])
-    chip_to_img = torch.tensor(np.concatenate([lin, t[:, None]], 1))
-    return A.invert_affine(chip_to_img)[0].numpy()
+    return chip_matrix(details)
 
 
 def photos(root: Path) -> list[tuple[str, Path]]:

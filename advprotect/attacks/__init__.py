@@ -57,12 +57,10 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 __all__ = [
     "ATTACKS",
-    "Attack",
     "BUDGET_MODES",
     "CWL2",
     "DIFGSM",
     "EOT",
-    "Ensemble",
     "FGSM",
     "IFGSM",
     "MDIFGSM",
@@ -70,6 +68,8 @@ __all__ = [
     "PGD",
     "TIFGSM",
     "TRANSFORMS",
+    "Attack",
+    "Ensemble",
     "budget_map",
     "input_diversity",
     "jnd_map",

@@ -30,7 +30,7 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,14 +42,14 @@ Callback = Callable[[int, Tensor], None]
 
 __all__ = [
     "Attack",
+    "Callback",
     "Objective",
     "SuccessFn",
-    "Callback",
-    "input_diversity",
-    "ti_kernel",
-    "smooth_gradient",
-    "check_range",
     "check_int",
+    "check_range",
+    "input_diversity",
+    "smooth_gradient",
+    "ti_kernel",
 ]
 
 
@@ -229,10 +229,10 @@ class Attack:
         x: Tensor,
         objective: Objective,
         *,
-        success: Optional[SuccessFn] = None,
-        eps_map: Optional[Union[Tensor, float]] = None,
-        init: Optional[Tensor] = None,
-        callback: Optional[Callback] = None,
+        success: SuccessFn | None = None,
+        eps_map: Tensor | float | None = None,
+        init: Tensor | None = None,
+        callback: Callback | None = None,
     ) -> Tensor:
         """Perturb ``x`` ``(B, C, H, W)`` in ``[0, 1]`` to maximise ``objective``.
 
@@ -277,10 +277,12 @@ class Attack:
         if not x.is_floating_point():
             raise ValueError(f"x must be a floating point tensor in [0, 1], got {x.dtype}")
         lo, hi = torch.aminmax(x.detach())
-        if bool((lo < 0) | (hi > 1)):
+        if bool((lo < -1e-6) | (hi > 1 + 1e-6)):
             raise ValueError(
                 f"x must hold values in [0, 1], got min {lo.item():.4g} max {hi.item():.4g}"
             )
+        if bool((lo < 0) | (hi > 1)):  # float rounding of an upstream resize: clip a copy
+            return x.detach().clamp(0, 1)
         return x.detach()
 
     def _budget(self, x: Tensor, eps_map) -> Tensor:
@@ -304,7 +306,7 @@ class Attack:
             raise ValueError(f"eps_map values must lie in [0, 1], got [{lo.item():.4g}, {hi.item():.4g}]")
         return e
 
-    def _start(self, x: Tensor, budget: Tensor, init: Optional[Tensor]) -> Tensor:
+    def _start(self, x: Tensor, budget: Tensor, init: Tensor | None) -> Tensor:
         """Initial perturbation (B, C, H, W), projected onto the budget and the image box."""
         if init is not None:
             if not isinstance(init, Tensor):
@@ -344,6 +346,11 @@ class Attack:
         if not isinstance(loss, Tensor) or loss.shape != (batch,):
             got = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
             raise ValueError(f"objective must return a per-sample loss of shape ({batch},), got {got}")
+        if not loss.requires_grad:
+            raise ValueError(
+                "objective output does not depend differentiably on x_adv (no autograd graph): "
+                "is the model run under torch.no_grad() or on a detached copy?"
+            )
         return loss
 
     def _gradient(self, x_adv: Tensor, objective: Objective) -> tuple[Tensor, Tensor]:
@@ -376,8 +383,8 @@ class Attack:
         objective: Objective,
         budget: Tensor,
         delta: Tensor,
-        success: Optional[SuccessFn],
-        callback: Optional[Callback],
+        success: SuccessFn | None,
+        callback: Callback | None,
     ) -> Tensor:
         """The shared loop, from the projected start perturbation ``delta``.
 

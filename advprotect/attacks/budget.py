@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .base import check_int, check_range
 
-__all__ = ["jnd_map", "budget_map", "BUDGET_MODES"]
+__all__ = ["BUDGET_MODES", "budget_map", "jnd_map"]
 
 BUDGET_MODES = ("jnd", "none")
 

@@ -19,8 +19,6 @@ Carlini & Wagner minimise ``||delta||_2^2 + c * f(x + delta)`` with Adam over a 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -89,8 +87,8 @@ class CWL2(Attack):
         objective: Objective,
         budget: Tensor,
         delta: Tensor,
-        success: Optional[SuccessFn],
-        callback: Optional[Callback],
+        success: SuccessFn | None,
+        callback: Callback | None,
     ) -> Tensor:
         b = x.shape[0]
         full_budget = budget.expand_as(x)

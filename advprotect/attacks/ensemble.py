@@ -28,7 +28,7 @@ The last per-model losses and weights are kept (detached) in :attr:`Ensemble.las
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Union
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ from .base import check_range
 
 __all__ = ["Ensemble"]
 
-Weights = Union[str, Mapping[str, float]]
+Weights = str | Mapping[str, float]
 
 
 class Ensemble:

@@ -13,7 +13,8 @@ per call (per sample where the op allows it) from a range.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +25,18 @@ from torch import Tensor, nn
 from .base import check_int, check_range
 
 __all__ = [
+    "EOT",
     "TRANSFORMS",
-    "jpeg",
-    "resize",
+    "Identity",
+    "RandomBlur",
+    "RandomJPEG",
+    "RandomNoise",
+    "RandomResize",
     "blur",
     "gaussian_noise",
-    "RandomJPEG",
-    "RandomResize",
-    "RandomBlur",
-    "RandomNoise",
-    "Identity",
-    "EOT",
+    "jpeg",
     "parse_robust",
+    "resize",
 ]
 
 
@@ -226,7 +227,7 @@ class EOT(nn.Module):
             (resize), ``sigma`` (blur), ``std`` (noise).
     """
 
-    _OPTION_OF = {"jpeg": "quality", "resize": "scale", "blur": "sigma", "noise": "std"}
+    _OPTION_OF: ClassVar[dict[str, str]] = {"jpeg": "quality", "resize": "scale", "blur": "sigma", "noise": "std"}
 
     def __init__(self, names: str | Sequence[str] = "jpeg,resize,blur,noise", samples: int = 1, **options) -> None:
         super().__init__()

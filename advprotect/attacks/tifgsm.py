@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .base import Attack, smooth_gradient, ti_kernel
 
-__all__ = ["TIFGSM", "ti_kernel", "smooth_gradient"]
+__all__ = ["TIFGSM", "smooth_gradient", "ti_kernel"]
 
 
 class TIFGSM(Attack):

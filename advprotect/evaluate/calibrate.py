@@ -1,6 +1,6 @@
 """Calibrate each face model's verification thresholds at fixed false-accept rates.
 
-Protocol (reproduced by ``advprotect models calibrate``): the largest face of every photo of the
+Protocol (reproduced by ``advprotect models calibrate``): the largest face (MTCNN, faces of at least 40 px, the protect-faces default) of every photo of the
 5-celebrity ``train/`` split (never ``val/``) is embedded; every pair of photos of different people
 is an impostor pair; the threshold at FAR ``f`` is the ``f``-quantile of impostor distances (a pair
 closer than it is accepted as the same person). Genuine pairs (same person, different photos) give
@@ -50,7 +50,7 @@ def summarise(genuine: torch.Tensor, impostor: torch.Tensor) -> dict:
     return out
 
 
-def calibrate(photos: dict[str, list[Path]], models: Iterable[str], *, device="cpu",
+def calibrate(photos: dict[str, list[Path]], models: Iterable[str], *, device="cpu", min_face: int = 40,
               progress: Callable[[str], None] | None = None) -> dict:
     """Run the protocol above for ``models`` (white-box names and/or ``dlib``)."""
     from ..faces.embed import FaceAnalyzer
@@ -62,7 +62,7 @@ def calibrate(photos: dict[str, list[Path]], models: Iterable[str], *, device="c
     native = [m for m in models if FACE_MODELS[m].native]
     per_model: dict[str, list[tuple[str, torch.Tensor]]] = {m: [] for m in models}
     missed: dict[str, int] = {m: 0 for m in models}
-    analyzer = FaceAnalyzer(device) if torch_names else None
+    analyzer = FaceAnalyzer(device, min_face=min_face) if torch_names else None
     verifier = None
     if native:
         from ..faces.dlib_native import DlibVerifier

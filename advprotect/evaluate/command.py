@@ -70,17 +70,26 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
 from ..io import ImageReadError, UsageError, discover, read_image
 from .quality import image_quality
 
-__all__ = ["evaluate_command", "EVALUATORS", "register_evaluator", "EvalContext", "PairItem",
-           "QualityEvaluator", "SCHEMA", "read_pairs"]
+__all__ = [
+    "EVALUATORS",
+    "SCHEMA",
+    "EvalContext",
+    "PairItem",
+    "QualityEvaluator",
+    "evaluate_command",
+    "read_pairs",
+    "register_evaluator",
+]
 
 SCHEMA = "advprotect.evaluate/1"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_THRESHOLD = 0, 1, 2, 3
@@ -90,7 +99,7 @@ THUMBNAILS = 48
 @dataclass
 class PairItem:
     rel: PurePosixPath
-    identity: Optional[str]
+    identity: str | None
     original: Path
     protected: Path
 
@@ -99,15 +108,15 @@ class PairItem:
 class EvalContext:
     items: list[PairItem]
     references: dict[str, list[Path]]  # identity -> clean reference photos
-    pairs: Optional[list[tuple[str, Path, bool]]]  # (protected rel, reference, same)
+    pairs: list[tuple[str, Path, bool]] | None  # (protected rel, reference, same)
     device: str = "cpu"
-    progress: Optional[Callable[[str], None]] = None
+    progress: Callable[[str], None] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- evaluators
 
-def _mean(values: list) -> Optional[float]:
+def _mean(values: list) -> float | None:
     vals = [float(v) for v in values if v is not None and torch.isfinite(torch.tensor(float(v)))]
     return round(sum(vals) / len(vals), 5) if vals else None
 
@@ -137,7 +146,7 @@ class QualityEvaluator:
         if box is not None:
             h, w = clean.shape[1:]
             x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
-            x1, y1 = min(w, int(round(box[2]))), min(h, int(round(box[3])))
+            x1, y1 = min(w, round(box[2])), min(h, round(box[3]))
             if x1 - x0 >= 3 and y1 - y0 >= 3:
                 fq = image_quality(clean[:, y0:y1, x0:x1], protected[:, y0:y1, x0:x1])
                 row.update({f"face_{k}": fq[k] for k in ("ssim", "psnr", "linf_255", "l2")})
@@ -182,7 +191,7 @@ def _folder(path, what: str) -> Path:
     return p
 
 
-def _identity(rel: PurePosixPath) -> Optional[str]:
+def _identity(rel: PurePosixPath) -> str | None:
     return rel.parts[0] if len(rel.parts) > 1 else None
 
 
@@ -258,7 +267,7 @@ def _pair(original: Path, protected: Path) -> tuple[list[PairItem], list[dict[st
     return items, files
 
 
-def _references(items: list[PairItem], enrolled: Optional[Path]) -> dict[str, list[Path]]:
+def _references(items: list[PairItem], enrolled: Path | None) -> dict[str, list[Path]]:
     refs: dict[str, list[Path]] = {}
     if enrolled is not None:
         for e in discover(enrolled):
@@ -275,10 +284,10 @@ def _references(items: list[PairItem], enrolled: Optional[Path]) -> dict[str, li
 # ---------------------------------------------------------------------------- the command
 
 def evaluate_command(original, protected, *, enrolled=None, pairs=None, models=None,
-                     transforms: Optional[str] = "jpeg:75,social", out_json=None, out_csv=None,
-                     out_md=None, html=None, fail_under: Optional[float] = None,
-                     fail_model: Optional[str] = None, device: str = "cpu",
-                     progress: Optional[Callable[[str], None]] = None,
+                     transforms: str | None = "jpeg:75,social", out_json=None, out_csv=None,
+                     out_md=None, html=None, fail_under: float | None = None,
+                     fail_model: str | None = None, device: str = "cpu",
+                     progress: Callable[[str], None] | None = None,
                      kinds: Sequence[str] = ("faces", "quality")) -> tuple[dict, int]:
     """Run every evaluator over the paired photos; write the asked reports.
 
@@ -424,5 +433,5 @@ def _version() -> str:
         from .. import __version__
 
         return str(__version__)
-    except Exception:  # pragma: no cover
+    except Exception:  # noqa: BLE001  # pragma: no cover
         return "unknown"

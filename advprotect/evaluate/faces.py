@@ -32,16 +32,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
 from ..models.zoo import FACE_MODELS, embedding_distance
 from .robustness import Transform, map_box, to_uint8
 
-__all__ = ["FaceEvaluator", "FaceBackends", "Face", "available_models", "resolve_models"]
+__all__ = ["Face", "FaceBackends", "FaceEvaluator", "available_models", "resolve_models"]
 
 FAR_KEYS = ("far1e-2", "far1e-3")
 HEADLINE_FAR = "far1e-2"
@@ -108,24 +109,22 @@ def pick(faces: list[Face], box: Sequence[float] | None) -> Face | None:
 
 # ---------------------------------------------------------------------------- embedding backends
 
-_CACHE: "OrderedDict[tuple, dict[str, list[Face]]]" = OrderedDict()
+_CACHE: OrderedDict[tuple, dict[str, list[Face]]] = OrderedDict()
 _CACHE_SIZE = 512
 
 
-def _photo_key(photo: torch.Tensor, models: tuple[str, ...], device: str) -> tuple:
+def _photo_key(photo: torch.Tensor, device: str, min_face: int) -> tuple:
     arr = to_uint8(photo)
-    return (hashlib.sha1(arr.tobytes()).hexdigest(), arr.shape, models, device)
+    return (hashlib.sha1(arr.tobytes()).hexdigest(), arr.shape, device, min_face)
 
 
 class FaceBackends:
-    """Detect + embed every face of a photo with each model; results cached by pixel content
-    (an identical copy, or the clean photo reused as a reference, is embedded once)."""
+    """Detect + embed every face of a photo with each model; results cached by pixel content and
+    model (an identical copy, or the clean photo reused as a reference, is embedded once)."""
 
     def __init__(self, models: Sequence[str], device: torch.device | str = "cpu", *, min_face: int = 40) -> None:
         self.models = tuple(models)
         self.device = str(torch.device(device))
-        self.torch_names = [m for m in self.models if not FACE_MODELS[m].native]
-        self.native_names = [m for m in self.models if FACE_MODELS[m].native]
         self.min_face = min_face
         self._analyzer = None
         self._verifier = None
@@ -147,42 +146,46 @@ class FaceBackends:
 
     def faces(self, photos: Sequence[torch.Tensor]) -> list[dict[str, list[Face]]]:
         """Per photo ``{model: [Face, ...]}``, largest face first (``[]``: none found)."""
-        keys = [_photo_key(p, self.models, self.device) for p in photos]
-        todo = [i for i, k in enumerate(keys) if k not in _CACHE]
-        uniq: dict[tuple, int] = {}
-        for i in todo:
-            uniq.setdefault(keys[i], i)
-        if uniq:
-            idx = list(uniq.values())
-            found = self._compute([photos[i] for i in idx])
+        keys = [_photo_key(p, self.device, self.min_face) for p in photos]
+        groups: dict[tuple[str, ...], dict[tuple, int]] = {}
+        for i, k in enumerate(keys):
+            have = _CACHE.get(k, {})
+            missing = tuple(m for m in self.models if m not in have)
+            if missing:
+                groups.setdefault(missing, {}).setdefault(k, i)
+        for missing, todo in groups.items():
+            idx = list(todo.values())
+            found = self._compute([photos[i] for i in idx], missing)
             for i, f in zip(idx, found):
-                _CACHE[keys[i]] = f
-                while len(_CACHE) > _CACHE_SIZE:
-                    _CACHE.popitem(last=False)
+                _CACHE.setdefault(keys[i], {}).update(f)
         out = []
         for k in keys:
             _CACHE.move_to_end(k)
-            out.append(_CACHE[k])
+            out.append({m: _CACHE[k][m] for m in self.models})
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
         return out
 
-    def _compute(self, photos: list[torch.Tensor]) -> list[dict[str, list[Face]]]:
-        res: list[dict[str, list[Face]]] = [{m: [] for m in self.models} for _ in photos]
-        if self.torch_names:
+    def _compute(self, photos: list[torch.Tensor], models: Sequence[str]) -> list[dict[str, list[Face]]]:
+        torch_names = [m for m in models if not FACE_MODELS[m].native]
+        native_names = [m for m in models if FACE_MODELS[m].native]
+        res: list[dict[str, list[Face]]] = [{m: [] for m in models} for _ in photos]
+        if torch_names:
             try:
-                per_photo = self.analyzer().embed_photos(photos, self.torch_names)
-            except Exception:  # one bad photo must not sink the batch: retry one by one
+                per_photo = self.analyzer().embed_photos(photos, torch_names)
+            except Exception:  # noqa: BLE001 - one bad photo must not sink the batch: retry one by one
                 per_photo = []
                 for p in photos:
                     try:
-                        per_photo.append(self.analyzer().embed_photos([p], self.torch_names)[0])
+                        per_photo.append(self.analyzer().embed_photos([p], torch_names)[0])
                     except Exception as exc:  # noqa: BLE001 - reported as "no face"
                         self.notes.append(f"face analysis failed on a photo: {exc}")
                         per_photo.append([])
             for r, faces in zip(res, per_photo):
-                for m in self.torch_names:
+                for m in torch_names:
                     r[m] = sorted((Face([float(v) for v in f["job"].box], f["embeddings"][m].detach().cpu().double())
                                    for f in faces), key=lambda f: -f.area)
-        for m in self.native_names:
+        for m in native_names:
             for r, p in zip(res, photos):
                 try:
                     found = self.verifier().faces(to_uint8(p))
@@ -197,7 +200,7 @@ class FaceBackends:
 # ---------------------------------------------------------------------------- counting
 
 class _Tally:
-    __slots__ = ("pairs", "clean", "prot", "prot_among_clean")
+    __slots__ = ("clean", "pairs", "prot", "prot_among_clean")
 
     def __init__(self) -> None:
         self.pairs = self.clean = self.prot = self.prot_among_clean = 0

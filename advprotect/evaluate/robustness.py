@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Transform", "parse_transforms", "DEFAULT_TRANSFORMS", "ALL_TRANSFORMS", "to_uint8", "from_uint8"]
+__all__ = ["ALL_TRANSFORMS", "DEFAULT_TRANSFORMS", "Transform", "from_uint8", "parse_transforms", "to_uint8"]
 
 DEFAULT_TRANSFORMS = "jpeg:75,social"
 ALL_TRANSFORMS = "jpeg:90,jpeg:75,jpeg:50,jpeg:25,resize:0.5,blur:1.0,crop:0.9,social"
@@ -43,7 +43,7 @@ def to_uint8(photo: torch.Tensor) -> np.ndarray:
 
 def from_uint8(arr: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div(255.0)
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1).float().div(255.0)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,11 @@ The attack perturbs the pixels of the photo itself. For each face:
 
 Conventions: images are float tensors in ``[0, 1]``, ``(C, H, W)`` or ``(N, C, H, W)``;
 points are ``(x, y)`` pixels with pixel centres at integers (pixel ``(0, 0)`` covers
-``[-0.5, 0.5]^2``); boxes are ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive for integer ROI
-boxes. Affine matrices are ``(N, 2, 3)`` mapping source pixels to destination pixels:
+``[-0.5, 0.5]^2``, as in dlib and kornia's ``align_corners=True``). MTCNN's
+:class:`~advprotect.faces.detect.FaceDetector` reports continuous coordinates instead (pixel
+``(0, 0)`` covers ``[0, 1]^2``): convert its landmarks with :func:`from_detector_coords`
+(``p - 0.5``) before using them here. Boxes are ``(x0, y0, x1, y1)``, with ``x1``/``y1``
+exclusive for integer ROI boxes. Affine matrices are ``(N, 2, 3)`` mapping source pixels to destination pixels:
 ``dst = M[:, :2] @ src + M[:, 2]`` (kornia's ``warp_affine`` convention with
 ``align_corners=True``).
 """
@@ -24,8 +27,8 @@ boxes. Affine matrices are ``(N, 2, 3)`` mapping source pixels to destination pi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from kornia.geometry.transform import pyrdown, warp_affine
@@ -33,20 +36,20 @@ from kornia.geometry.transform import pyrdown, warp_affine
 from .templates import Template
 
 __all__ = [
-    "Template",
     "FaceWarp",
-    "estimate_similarity",
-    "apply_affine",
-    "invert_affine",
-    "face_roi",
-    "crop_footprint",
-    "landmarks_in_roi",
-    "from_detector_coords",
-    "roi_to_crop_matrix",
+    "Template",
     "align",
-    "feather_mask",
+    "apply_affine",
+    "crop_footprint",
     "cut_roi",
+    "estimate_similarity",
+    "face_roi",
+    "feather_mask",
+    "from_detector_coords",
+    "invert_affine",
+    "landmarks_in_roi",
     "paste",
+    "roi_to_crop_matrix",
 ]
 
 RoiBox = tuple[int, int, int, int]
@@ -272,7 +275,7 @@ def roi_to_crop_matrix(landmarks_in_roi: torch.Tensor, template: Template) -> to
         template: the recognition model's template.
 
     Returns:
-        ``(N, 2, 3)`` matrices (float dtype of the landmarks, float32 for integer input).
+        ``(N, 2, 3)`` matrices (float dtype of the landmarks, float64 for integer input).
     """
     lm = _as_points(landmarks_in_roi, "landmarks_in_roi")
     if lm.shape[-2:] != (5, 2) or lm.ndim not in (2, 3):
@@ -494,8 +497,9 @@ class FaceWarp:
 
     @classmethod
     def build(cls, landmarks: torch.Tensor, image_hw: Sequence[int], template: Template, *,
-              margin: float = 0.05, feather: float = 0.1) -> "FaceWarp":
-        """Set up a face from its five photo landmarks ``(5, 2)``.
+              margin: float = 0.05, feather: float = 0.1) -> FaceWarp:
+        """Set up a face from its five photo landmarks ``(5, 2)`` (pixel-centre convention:
+        pass MTCNN landmarks through :func:`from_detector_coords`).
 
         The ROI holds the template's whole crop footprint (clipped to the photo) plus
         ``margin``; the mask falls off over ``feather`` of the crop size.

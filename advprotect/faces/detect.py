@@ -25,8 +25,8 @@ reaching past the image are padded with black (zeros), as in the original method
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,8 @@ _PNET_STRIP_PIXELS = 1 << 21
 #: Most proposals kept (by score) from one pyramid scale of one image before NMS.
 _MAX_PROPOSALS_PER_SCALE = 20000
 _RNET_CHUNK, _ONET_CHUNK = 2048, 512
+#: Images of one size up to this many pixels share P-Net forwards (larger ones run alone).
+_STACK_PIXELS = 1 << 20
 
 
 @dataclass
@@ -62,11 +64,11 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
-    def to(self, device: torch.device | str) -> "Detections":
+    def to(self, device: torch.device | str) -> Detections:
         return Detections(self.boxes.to(device), self.scores.to(device), self.landmarks.to(device))
 
     @staticmethod
-    def empty(device: torch.device | str = "cpu") -> "Detections":
+    def empty(device: torch.device | str = "cpu") -> Detections:
         return Detections(
             torch.zeros(0, 4, device=device),
             torch.zeros(0, device=device),
@@ -93,13 +95,15 @@ def _overlap(a: torch.Tensor, b: torch.Tensor, mode: str) -> torch.Tensor:
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union",
-        block: int = 1024) -> torch.Tensor:
+        groups: torch.Tensor | None = None, block: int = 1024) -> torch.Tensor:
     """Greedy non-maximum suppression.
 
     ``boxes`` ``(N, 4)`` ``(x1, y1, x2, y2)``, ``scores`` ``(N,)``; a box is dropped when its
     overlap (``mode`` ``"union"``: IoU, ``"min"``: intersection over the smaller area) with a
-    kept, higher-scoring box exceeds ``threshold``. Returns the kept indices ``(K,)`` (int64, on
-    the boxes' device), highest score first; ties keep input order. Memory stays bounded by
+    kept, higher-scoring box exceeds ``threshold``. ``groups`` ``(N,)`` (optional, integer):
+    boxes only suppress boxes of their own group (e.g. image index); the answer for each group
+    is exactly the one it would get alone. Returns the kept indices ``(K,)`` (int64, on the
+    boxes' device), highest score first; ties keep input order. Memory stays bounded by
     processing the sorted boxes in blocks of ``block``.
     """
     if mode not in ("union", "min"):
@@ -107,38 +111,37 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str =
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"nms wants boxes (N, 4) and scores (N,), got {tuple(boxes.shape)} "
                          f"and {tuple(scores.shape)}")
+    if groups is not None and groups.shape != scores.shape:
+        raise ValueError(f"nms groups must have shape {tuple(scores.shape)}, got {tuple(groups.shape)}")
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     ordered = boxes[order]
+    grp = groups[order] if groups is not None else None
     kept: list[torch.Tensor] = []  # positions in `ordered`
-    kept_boxes = ordered[:0]
+    kept_pos = torch.zeros(0, dtype=torch.long, device=boxes.device)
+
+    def suppresses(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        over = _overlap(ordered[rows], ordered[cols], mode) > threshold
+        if grp is not None:
+            over &= grp[rows][:, None] == grp[cols][None, :]
+        return over
+
     for start in range(0, n, block):
-        blk = ordered[start:start + block]
-        alive = torch.ones(blk.shape[0], dtype=torch.bool, device=boxes.device)
-        if kept_boxes.shape[0]:
-            alive &= ~(_overlap(blk, kept_boxes, mode) > threshold).any(dim=1)
-        over = (_overlap(blk, blk, mode) > threshold).cpu().numpy()
+        rows = torch.arange(start, min(n, start + block), device=boxes.device)
+        alive = torch.ones(rows.shape[0], dtype=torch.bool, device=boxes.device)
+        if kept_pos.shape[0]:
+            alive &= ~suppresses(rows, kept_pos).any(dim=1)
+        over = suppresses(rows, rows).cpu().numpy()
         alive_np = alive.cpu().numpy()
-        for i in range(blk.shape[0]):
+        for i in range(rows.shape[0]):
             if alive_np[i]:
                 alive_np[i + 1:] &= ~over[i, i + 1:]
         idx = torch.from_numpy(alive_np.nonzero()[0]).to(boxes.device) + start
         kept.append(idx)
-        kept_boxes = torch.cat([kept_boxes, ordered[idx]])
+        kept_pos = torch.cat([kept_pos, idx])
     return order[torch.cat(kept)]
-
-
-def _batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
-                 threshold: float, mode: str = "union") -> torch.Tensor:
-    """NMS within each group (image) at once: boxes of different groups are shifted apart so
-    they never overlap. Returns kept indices, highest score first."""
-    if boxes.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    span = (boxes.max() - boxes.min()).abs() + 1.0
-    shifted = boxes - boxes.min() + groups.to(boxes.dtype)[:, None] * span
-    return nms(shifted, scores, threshold, mode)
 
 
 def _square(boxes: torch.Tensor) -> torch.Tensor:
@@ -183,7 +186,7 @@ class _MipChain:
         along x and y (a level with a partial last block spans a little more than the input)."""
         h0, w0 = self.levels[0].shape[-2:]
         ratio = min(h0 / size[0], w0 / size[1])
-        k = max(0, int(math.floor(math.log2(ratio)))) if ratio >= 1 else 0
+        k = max(0, math.floor(math.log2(ratio))) if ratio >= 1 else 0
         k, src = self.level(k)
         hk, wk = src.shape[-2:]
         sx, sy = size[1] / (wk * 2 ** k), size[0] / (hk * 2 ** k)
@@ -227,14 +230,15 @@ class FaceDetector:
     ``net``: an :class:`~advprotect.models.mtcnn.MTCNN` with loaded weights. ``min_face``: the
     smallest face side searched for, in pixels (>= 12). ``thresholds``: face-probability
     thresholds of P-Net, R-Net and O-Net, each in ``(0, 1)``. ``factor``: pyramid scale step in
-    ``(0, 1)``. ``enforce_min_face``: also drop final faces whose box is smaller than
-    ``min_face`` on both sides (the pyramid alone may still find slightly smaller ones).
+    ``[0.1, 0.95]`` (0.709 halves the area per step). ``enforce_min_face``: also drop final
+    faces whose box is smaller than ``min_face`` on both sides (the pyramid alone lets faces a
+    little smaller than ``min_face`` through).
     """
 
     def __init__(self, net: MTCNN, *, min_face: float = 40, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                  factor: float = 0.709, enforce_min_face: bool = True) -> None:
         if not isinstance(net, MTCNN):
-            raise ValueError(f"net must be an MTCNN, not {type(net).__name__}")
+            raise TypeError(f"net must be an MTCNN, not {type(net).__name__}")
         if not (isinstance(min_face, (int, float)) and math.isfinite(min_face) and min_face >= 12):
             raise ValueError(f"min_face must be a number of pixels >= 12 (P-Net's window), got {min_face!r}")
         thresholds = tuple(float(t) for t in thresholds)
@@ -254,7 +258,7 @@ class FaceDetector:
     @classmethod
     def load(cls, device: torch.device | str = "cpu", min_face: float = 40,
              thresholds: Sequence[float] = (0.6, 0.7, 0.7), factor: float = 0.709,
-             enforce_min_face: bool = True) -> "FaceDetector":
+             enforce_min_face: bool = True) -> FaceDetector:
         """Build the detector with the MTCNN weights of the model store (pulled on first use)."""
         from advprotect.models import registry, store
 
@@ -318,7 +322,8 @@ class FaceDetector:
             if im.numel():
                 lo, hi = torch.aminmax(im.detach())
                 if not (lo.item() >= -1e-3 and hi.item() <= 1 + 1e-3):
-                    raise ValueError(f"image {i}: values must be in [0, 1], found [{lo.item():.3g}, {hi.item():.3g}]")
+                    raise ValueError(f"image {i}: values must be in [0, 1], found "
+                                     f"[{lo.item():.3g}, {hi.item():.3g}]")
             out.append(im.detach())
         return out
 
@@ -359,7 +364,7 @@ class FaceDetector:
         dev = batch.device
         boxes_all, scores_all, img_all = [], [], []
         for scale in self._scales(h, w):
-            hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
+            hs, ws = math.ceil(h * scale), math.ceil(w * scale)
             level, sx, sy = mip.resized((hs, ws))
             prob, reg = self._pnet(net, normalise(level))
             mask = prob >= self.thresholds[0]
@@ -373,7 +378,10 @@ class FaceDetector:
             gi, gy, gx = idx[:, 0], idx[:, 1].to(prob.dtype), idx[:, 2].to(prob.dtype)
             boxes = torch.stack([2 * gx / sx, 2 * gy / sy, (2 * gx + 12) / sx, (2 * gy + 12) / sy], 1)
             offs = reg[gi, :, idx[:, 1], idx[:, 2]]  # (K, 4)
-            keep = _batched_nms(boxes, score, gi, NMS_SCALE)
+            # NMS in the level's pixel grid: exact small integers, so ties at the threshold
+            # (common on a 2 px grid) are decided the same way on every device.
+            grid = torch.stack([2 * gx, 2 * gy, 2 * gx + 12, 2 * gy + 12], 1)
+            keep = nms(grid, score, NMS_SCALE, groups=gi)
             boxes_all.append(torch.cat([boxes[keep], offs[keep]], dim=1))
             scores_all.append(score[keep])
             img_all.append(gi[keep])
@@ -382,7 +390,7 @@ class FaceDetector:
             empty = torch.zeros(0, 4, device=dev)
             return [(empty, torch.zeros(0, device=dev))] * nb
         cand, score, gi = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(img_all)
-        keep = _batched_nms(cand[:, :4], score, gi, NMS_PNET)
+        keep = nms(cand[:, :4], score, NMS_PNET, groups=gi)
         cand, score, gi = cand[keep], score[keep], gi[keep]
         boxes = _square(_regress(cand[:, :4], cand[:, 4:]))
         for i in range(nb):
@@ -395,12 +403,15 @@ class FaceDetector:
         come from, if any (used as is, without stacking a copy)."""
         n = len(imgs)
         # Stage 1 (P-Net), images of one size and device batched together.
+        # Stacking copies, so only small images of one size are stacked; a (B, 3, H, W) input
+        # is used as it is.
         groups: dict[tuple, list[int]] = {}
         for i, im in enumerate(imgs):
-            groups.setdefault((tuple(im.shape), im.device), []).append(i)
+            small = batch is not None or im.shape[1] * im.shape[2] <= _STACK_PIXELS
+            groups.setdefault((tuple(im.shape), im.device, -1 if small else i), []).append(i)
         mips: list[tuple[_MipChain, int]] = [None] * n  # type: ignore[list-item]
         cand: list[tuple[torch.Tensor, torch.Tensor]] = [None] * n  # type: ignore[list-item]
-        for (_, device), members in groups.items():
+        for (_, device, _), members in groups.items():
             if batch is not None:
                 stacked = batch.detach()
             elif len(members) == 1:
@@ -447,7 +458,7 @@ class FaceDetector:
             reg = torch.cat([o[1] for o in outs])
             keep = (prob >= self.thresholds[1]).nonzero().squeeze(1)
             boxes, owner, prob, reg = boxes[keep], owner[keep], prob[keep], reg[keep]
-            keep = _batched_nms(boxes, prob, owner, NMS_RNET)
+            keep = nms(boxes, prob, NMS_RNET, groups=owner)
             boxes = _square(_regress(boxes[keep], reg[keep]))
             owner = owner[keep]
         # Stage 3: O-Net on 48x48 crops.
@@ -464,7 +475,7 @@ class FaceDetector:
             wh = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
             marks = boxes[:, None, :2] + rel * wh
             boxes = _regress(boxes, reg)
-            keep = _batched_nms(boxes, prob, owner, NMS_ONET, mode="min")
+            keep = nms(boxes, prob, NMS_ONET, mode="min", groups=owner)
             boxes, owner, prob, marks = boxes[keep], owner[keep], prob[keep], marks[keep]
             if self.enforce_min_face:
                 size = torch.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])

@@ -14,12 +14,14 @@ dlib itself is the optional ``dlib-bin`` dependency: check :meth:`DlibVerifier.a
 from __future__ import annotations
 
 import importlib.util
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DlibFace", "DlibVerifier", "DLIB_THRESHOLD", "to_uint8_rgb"]
+__all__ = ["DLIB_THRESHOLD", "DlibFace", "DlibVerifier", "to_uint8_rgb"]
 
 #: dlib's documented decision threshold for its ResNet descriptor (L2 distance).
 DLIB_THRESHOLD = 0.6
@@ -92,14 +94,20 @@ class DlibVerifier:
         upsample: how many times the detector doubles the image first (1 finds faces down to
             about 40 px, as ``face_recognition`` does by default; 0 is faster).
         threshold: same-person L2 distance threshold (0.6).
+        detect_max_side: when set, photos whose longer side exceeds it are shrunk to it for the
+            detector only (HOG on a 24 MP photo, upsampled, takes minutes); boxes are scaled back
+            and landmarks and chips are taken from the full-resolution photo. ``None`` (default)
+            runs dlib exactly as ``face_recognition`` does.
     """
 
     threshold: float
 
     def __init__(self, detector: Any, predictor: Any, recognizer: Any, *, upsample: int = 1,
-                 threshold: float = DLIB_THRESHOLD) -> None:
+                 threshold: float = DLIB_THRESHOLD, detect_max_side: int | None = None) -> None:
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, got {upsample}")
+        if detect_max_side is not None and detect_max_side < 64:
+            raise ValueError(f"detect_max_side must be >= 64 pixels or None, got {detect_max_side}")
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         self._detector = detector
@@ -107,6 +115,7 @@ class DlibVerifier:
         self._recognizer = recognizer
         self.upsample = int(upsample)
         self.threshold = float(threshold)
+        self.detect_max_side = None if detect_max_side is None else int(detect_max_side)
 
     # ------------------------------------------------------------------ construction
 
@@ -117,13 +126,13 @@ class DlibVerifier:
             return False
         try:
             import dlib  # noqa: F401
-        except Exception:  # a broken native build
+        except (ImportError, OSError):  # a broken native build
             return False
         return True
 
     @classmethod
     def load(cls, *, upsample: int = 1, threshold: float = DLIB_THRESHOLD,
-             allow_download: bool = True) -> "DlibVerifier":
+             detect_max_side: int | None = None, allow_download: bool = True) -> DlibVerifier:
         """Build the verifier, fetching dlib's model files through the model store.
 
         Raises:
@@ -149,17 +158,35 @@ class DlibVerifier:
             dlib.face_recognition_model_v1(str(resnet)),
             upsample=upsample,
             threshold=threshold,
+            detect_max_side=detect_max_side,
         )
 
     # ------------------------------------------------------------------ pipeline
 
     def detect(self, image: Any, upsample: int | None = None) -> list[tuple[Any, float]]:
-        """HOG detections ``[(dlib.rectangle, score)]`` of an RGB image (see :func:`to_uint8_rgb`)."""
+        """HOG detections ``[(dlib.rectangle, score)]`` in full-resolution pixels of an RGB
+        image (see :func:`to_uint8_rgb`)."""
+        import dlib
+
         img = to_uint8_rgb(image)
         up = self.upsample if upsample is None else int(upsample)
         if up < 0:
             raise ValueError(f"upsample must be >= 0, got {up}")
-        rects, scores, _ = self._detector.run(img, up, 0.0)
+        h, w = img.shape[:2]
+        factor = 1.0
+        if self.detect_max_side is not None and max(h, w) > self.detect_max_side:
+            factor = max(h, w) / self.detect_max_side
+            from PIL import Image
+
+            size = (max(1, round(w / factor)), max(1, round(h / factor)))
+            small = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BOX))
+            rects, scores, _ = self._detector.run(small, up, 0.0)
+            fx, fy = w / size[0], h / size[1]
+            rects = [dlib.rectangle(round(r.left() * fx), round(r.top() * fy),
+                                    round((r.right() + 1) * fx) - 1,
+                                    round((r.bottom() + 1) * fy) - 1) for r in rects]
+        else:
+            rects, scores, _ = self._detector.run(img, up, 0.0)
         return list(zip(rects, (float(s) for s in scores)))
 
     def chip(self, image: Any, shape: Any) -> np.ndarray:
@@ -215,3 +242,18 @@ class DlibVerifier:
     def verify(self, a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> bool:
         """True when two descriptors are the same person (distance below the threshold)."""
         return self.distance(a, b) < self.threshold
+
+
+def chip_matrix(details: Any) -> np.ndarray:
+    """``(2, 3)`` image -> chip pixel matrix of a ``dlib.chip_details`` (pixel centres at
+    integers, as :mod:`advprotect.faces.align` uses): dlib maps chip pixel ``(0, 0)`` to the
+    rectangle's top-left corner and ``(cols-1, rows-1)`` to its bottom-right corner, rotated by
+    ``angle`` about the rectangle's centre."""
+    r = details.rect
+    w, h = r.right() - r.left(), r.bottom() - r.top()
+    c, s = math.cos(details.angle), math.sin(details.angle)
+    lin = np.array([[c, -s], [s, c]]) @ np.diag([w / (details.cols - 1), h / (details.rows - 1)])
+    t = np.array([(r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2]) \
+        - lin @ np.array([(details.cols - 1) / 2, (details.rows - 1) / 2])
+    inv = np.linalg.inv(lin)
+    return np.concatenate([inv, (-inv @ t)[:, None]], 1)

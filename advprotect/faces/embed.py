@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.zoo import FACE_MODELS, load_face_model
-from .align import align, crop_footprint, face_roi, feather_mask, roi_to_crop_matrix
+from .align import align, crop_footprint, face_roi, feather_mask, from_detector_coords, roi_to_crop_matrix
 from .detect import Detections, FaceDetector
 from .templates import get_template
 
@@ -87,7 +87,8 @@ class FaceAnalyzer:
                     skipped[pi].append({"box": [round(v, 1) for v in box],
                                         "reason": f"face of {side:.0f} px is under --min-face {self.min_face}"})
                     continue
-                lm = det.landmarks[fi].detach().cpu().double()
+                # MTCNN's coordinates put pixel centres at +0.5; alignment uses integer centres
+                lm = from_detector_coords(det.landmarks[fi].detach().cpu().double())
                 pts = torch.cat([lm] + [crop_footprint(lm, t) for t in all_templates])
                 try:
                     roi = face_roi(pts, (h, w), margin=0.02)
@@ -162,6 +163,11 @@ class FaceAnalyzer:
         for i, j in enumerate(jobs):
             out[j.photo].append({"job": j, "embeddings": {m: e[i] for m, e in emb.items()}})
         return out
+
+
+def to_uint8(photo: torch.Tensor):
+    """(3, H, W) float [0, 1] -> (H, W, 3) uint8 numpy, as native libraries want."""
+    return (photo.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def stack_rois(works: list[torch.Tensor]) -> torch.Tensor:

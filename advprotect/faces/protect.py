@@ -24,10 +24,9 @@ import torch.nn.functional as F
 
 from ..attacks import EOT, Ensemble, budget_map, make_attack
 from ..models.zoo import FACE_MODELS, embedding_distance, face_model_info
-from .align import align, invert_affine, roi_to_crop_matrix
+from .align import align
 from .detect import FaceDetector
-from .embed import FaceAnalyzer, FaceJob, stack_rois, white_box_models
-from .templates import get_template
+from .embed import FaceAnalyzer, FaceJob, stack_rois, to_uint8, white_box_models
 
 #: Preset knobs; every one can also be set on its own.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -214,17 +213,10 @@ class FaceProtector:
         return kw
 
     def _uap_init(self, jobs: list[FaceJob], shape: torch.Size) -> torch.Tensor:
-        """The universal perturbation (canonical facenet crop frame) warped into each ROI."""
-        from kornia.geometry.transform import warp_affine
+        """The universal perturbation warped into each face's working ROI (engine start point)."""
+        from .uap import warp_uap
 
-        canon = get_template("facenet")
-        init = torch.zeros(shape, device=self.device)
-        for i, j in enumerate(jobs):
-            h, w = j.work.shape[-2:]
-            mat = roi_to_crop_matrix(j.work_landmarks, canon).float().to(self.device)
-            init[i, :, :h, :w] = warp_affine(self.uap[None], invert_affine(mat), (h, w),
-                                             align_corners=True)[0]
-        return init
+        return warp_uap(self.uap, jobs, shape)
 
     # ------------------------------------------------------------------ compose + measure
 
@@ -296,7 +288,8 @@ class FaceProtector:
                              "threshold": info.threshold, "verified_before": True,
                              "verified_after": d < info.threshold}
             if native is not None:
-                models["dlib"] = {"white_box": False, **native[i]}
+                # once dlib's own network (its torch port) is attacked, native dlib is no black box
+                models["dlib"] = {"white_box": "dlib-resnet" in self.models, **native[i]}
             rows.append({"face": j.index, "box": [round(v, 1) for v in j.box],
                          "score": round(j.score, 4), "models": models,
                          "face_ssim": q["ssim"], "face_psnr": q["psnr"]})
@@ -341,11 +334,6 @@ class Evaluators:
             rows.append({"verified_before": True, "verified_after": d < self.native.threshold,
                          "distance": round(d, 4), "threshold": self.native.threshold})
         return rows
-
-
-def to_uint8(photo: torch.Tensor):
-    """(3, H, W) float [0, 1] -> (H, W, 3) uint8 numpy, as native libraries want."""
-    return (photo.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _match(faces: list, box: list[float]):

@@ -56,7 +56,7 @@ class Template:
         """The points as a ``(5, 2)`` tensor of ``(x, y)`` crop pixels."""
         return torch.tensor(self.points, dtype=dtype, device=device)
 
-    def resized(self, size: int | tuple[int, int]) -> "Template":
+    def resized(self, size: int | tuple[int, int]) -> Template:
         """The same template for another crop size (points scaled about the crop corner,
         respecting the pixel-centre convention)."""
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))

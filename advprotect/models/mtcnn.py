@@ -23,7 +23,7 @@ import io
 import torch
 from torch import nn
 
-__all__ = ["PNet", "RNet", "ONet", "MTCNN", "convert", "normalise", "MEMBERS"]
+__all__ = ["MEMBERS", "MTCNN", "ONet", "PNet", "RNet", "convert", "normalise"]
 
 #: Member paths of the three weight files inside the facenet-pytorch wheel, by network name.
 MEMBERS: dict[str, str] = {n: f"facenet_pytorch/data/{n}.pt" for n in ("pnet", "rnet", "onet")}

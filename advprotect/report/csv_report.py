@@ -13,8 +13,18 @@ from ._util import atomic_write_text
 LEAD = ["rel", "identity", "status", "error"]
 
 
+QUALITY = ["ssim", "psnr", "linf_255", "l2", "face_ssim", "face_psnr", "face_linf_255", "face_l2", "face_box"]
+MODEL = ["face_clean", "face_protected", "own_distance", "own_verified", "enrolled_pairs",
+         "enrolled_verified_clean", "enrolled_verified_protected", "impostor_pairs",
+         "impostor_verified_clean", "impostor_verified_protected"]
+
+
 def csv_columns(report: dict) -> list[str]:
-    cols: list[str] = list(LEAD)
+    """Fixed order: file, quality, then each model's columns; other evaluators' columns last."""
+    present = {k for row in report.get("images", []) for k in row}
+    cols: list[str] = list(LEAD) + [c for c in QUALITY if c in present]
+    for m in report.get("inputs", {}).get("models", []):
+        cols += [f"{m}_{c}" for c in MODEL if f"{m}_{c}" in present]
     for row in report.get("images", []):
         for k in row:
             if k not in cols:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import base64
 import html as _html
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ def thumbnail_triplet(clean: torch.Tensor, protected: torch.Tensor, size: int = 
     return out
 
 
-def asr_chart(robustness: dict[str, dict[str, Optional[float]]], variants: Sequence[str]) -> Optional[str]:
+def asr_chart(robustness: dict[str, dict[str, float | None]], variants: Sequence[str]) -> str | None:
     """Grouped bar chart of ASR per model x transform, base64 PNG (None without data)."""
     if not robustness or not variants:
         return None
@@ -72,7 +73,7 @@ def asr_chart(robustness: dict[str, dict[str, Optional[float]]], variants: Seque
     from matplotlib.figure import Figure
 
     models = list(robustness)
-    fig = Figure(figsize=(max(6.0, 1.1 * len(variants) + 2), 3.6), dpi=100)
+    fig = Figure(figsize=(max(6.0, 1.1 * len(variants) + 2), 4.0), dpi=100)
     FigureCanvasAgg(fig)  # the Agg backend, whatever pyplot's default is
     ax = fig.subplots()
     width = 0.8 / max(1, len(models))
@@ -90,7 +91,7 @@ def asr_chart(robustness: dict[str, dict[str, Optional[float]]], variants: Seque
     ax.set_ylim(min(0.0, min((100 * v for d in robustness.values() for v in d.values() if v is not None), default=0)) - 2, 105)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_title(f"ASR per model and transform ({HEADLINE})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(4, len(models)), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -126,9 +127,9 @@ def render_html(report: dict, thumbnails: Sequence[dict] = ()) -> str:
     parts = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
              "<title>advprotect evaluate</title>", f"<style>{CSS}</style></head><body>",
              "<h1>advprotect evaluate</h1>",
-             f"<p>original <code>{_e(inp['original'])}</code> &middot; protected <code>{_e(inp['protected'])}</code>"
+             (f"<p>original <code>{_e(inp['original'])}</code> &middot; protected <code>{_e(inp['protected'])}</code>"
              f" &middot; models {_e(', '.join(inp['models']))} &middot; {counts['evaluated']} evaluated, "
-             f"{counts['failed']} failed</p>"]
+             f"{counts['failed']} failed</p>")]
     faces = report["results"].get("faces")
     if faces:
         rows = []

@@ -30,8 +30,8 @@ def render_markdown(report: dict) -> str:
     faces = report["results"].get("faces")
     if faces:
         lines += ["## Face verification (untransformed, FAR 1e-2)", "",
-                  "ASR = (N_w/o - N_w) / N_total (APF Eq. 11); protection = share of the pairs verified "
-                  "before that are no longer verified.", ""]
+                  ("ASR = (N_w/o - N_w) / N_total (APF Eq. 11); protection = share of the pairs verified "
+                  "before that are no longer verified."), ""]
         rows = []
         for m, info in faces["models"].items():
             for kind, data in info["pairs"].items():
@@ -66,8 +66,8 @@ def render_markdown(report: dict) -> str:
                           fmt(q.get("face_linf_255"), digits=2), fmt(q.get("face_l2"), digits=3)]])
         lines.append("")
     if summ.get("fail_under") is not None:
-        lines += [f"**Threshold**: mean ASR of {summ['fail_model']} >= {summ['fail_under']}: "
-                  f"{'met' if summ['threshold_met'] else 'NOT met'}", ""]
+        lines += [(f"**Threshold**: mean ASR of {summ['fail_model']} >= {summ['fail_under']}: "
+                  f"{'met' if summ['threshold_met'] else 'NOT met'}"), ""]
     bad = [f for f in report.get("files", []) if f.get("status") != "ok"]
     if bad:
         lines += ["## Problems", ""]
