@@ -358,10 +358,10 @@ def protect_faces(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Attack iterations (preset: 30)."),
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Step size, e.g. 2/255 (default eps/4)."),
     models: Optional[str] = typer.Option(None, "--models", help="Comma-separated white-box surrogates: facenet128,dlib-resnet."),
-    weights: str = typer.Option("adaptive", "--weights", help="Ensemble weights: adaptive (easy models get less weight) or uniform."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Ensemble weights: adaptive (default: easy models get less weight) or uniform."),
     robust: Optional[str] = typer.Option(None, "--robust", help="EOT transforms applied while optimising: any of jpeg,resize,blur,noise ('' for none)."),
     eot_samples: Optional[int] = typer.Option(None, "--eot-samples", min=1, help="Gradient draws per step under --robust."),
-    mask: str = typer.Option("jnd", "--mask", help="Budget map: jnd (less change on flat skin and sky) or none."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Budget map: jnd (less change on flat skin and sky; weaker protection) or none (preset: none; low uses jnd)."),
     no_offset: bool = typer.Option(False, "--no-offset", help="Disable APF's random enrolled-feature offset (Eq. 13)."),
     target: Optional[str] = typer.Option(None, "--target", help="Impersonate the person in this photo instead of dodging."),
     uap: Optional[str] = typer.Option(None, "--uap", help="Universal perturbation from `advprotect uap`, added as the starting point."),
@@ -670,8 +670,38 @@ def _dlib_esr():
     return esr
 
 
+_GLOBAL_FLAGS = {"--json", "--quiet", "-q"}
+_GLOBAL_VALUED = {"--device", "--seed"}
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Let the global options also follow the subcommand (``advprotect evaluate ... --json``):
+    move them in front of it, where Typer expects them. Nothing after ``--`` is touched."""
+    front, rest, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            rest += argv[i:]
+            break
+        name = a.split("=", 1)[0]
+        if a in _GLOBAL_FLAGS:
+            front.append(a)
+        elif name in _GLOBAL_VALUED:
+            if "=" in a:
+                front.append(a)
+            elif i + 1 < len(argv):
+                front += [a, argv[i + 1]]
+                i += 1
+            else:
+                rest.append(a)
+        else:
+            rest.append(a)
+        i += 1
+    return front + rest
+
+
 def main() -> None:  # console-script entry point
-    app()
+    app(args=hoist_global_options(sys.argv[1:]), prog_name="advprotect")
 
 
 if __name__ == "__main__":

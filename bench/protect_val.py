@@ -85,8 +85,14 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=["val", "train"])
     ap.add_argument("--name", default="")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE override of ProtectConfig (python literal)")
     args = ap.parse_args()
     over = {"steps": args.steps}
+    import ast
+
+    for kv in args.set:
+        k, _, v = kv.partition("=")
+        over[k] = ast.literal_eval(v)
     if args.models:
         over["models"] = tuple(args.models.split(","))
     cfg = ProtectConfig.from_preset(args.mode, **over)

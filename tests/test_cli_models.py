@@ -77,3 +77,20 @@ def test_ci_runs_the_readme_test_command():
     assert len(blocks) >= 2, "README must open with an install+run and an install+test command"
     test_cmd = blocks[1].strip()
     assert test_cmd in ci
+
+
+def test_models_calibrate_rejects_unknown_model():
+    res = runner.invoke(app, ["models", "calibrate", "--models", "nope"])
+    assert res.exit_code == 2 and "unknown face model" in res.output
+
+
+def test_global_options_may_follow_the_subcommand():
+    from advprotect.cli import hoist_global_options
+
+    assert hoist_global_options(["models", "list", "--json", "--device", "cpu"]) == \
+        ["--json", "--device", "cpu", "models", "list"]
+    assert hoist_global_options(["evaluate", "-q", "--seed=3", "--", "--json"]) == \
+        ["-q", "--seed=3", "evaluate", "--", "--json"]
+    out = subprocess.run([sys.executable, "-c", "import sys; sys.argv=['advprotect','models','list','--json'];"
+                          "from advprotect.cli import main; main()"], capture_output=True, text=True)
+    assert out.returncode == 0 and json.loads(out.stdout)["models"]

@@ -41,7 +41,7 @@ def protected_run(tmp_path_factory, celebrity_train):
     for person in PEOPLE:
         _small(celebrity_train[person][0]).save(src / "people" / f"{person}.jpg", quality=95,
                                                 exif=_gps_exif())
-    a, b = (_small(celebrity_train[p][2], 260) for p in PEOPLE)
+    a, b = (_small(celebrity_train[p][1], 300) for p in PEOPLE)
     group = Image.new("RGB", (a.width + b.width + 40, max(a.height, b.height) + 20), (120, 130, 140))
     group.paste(a, (10, 10))
     group.paste(b, (a.width + 30, 10))
@@ -147,3 +147,25 @@ def test_bad_options_are_usage_errors(tmp_path, sample_images):
     assert res.exit_code == 2
     res = runner.invoke(app, ["protect-faces", str(sample_images), "-o", str(tmp_path / "o"), "--erasable"])
     assert res.exit_code == 2 and "--key" in res.output
+
+
+def test_uap_learns_bounded_perturbation_and_seeds_protection(tmp_path, celebrity_train):
+    from advprotect.faces.protect import FaceProtector, ProtectConfig
+    from advprotect.faces.uap import learn_uap
+
+    photos = [read_image(p).pixels for person in PEOPLE for p in celebrity_train[person][:2]]
+    eps = 8 / 255
+    u, summary = learn_uap(photos, ("facenet128",), eps=eps, epochs=1, batch_size=4, steps_per_batch=2)
+    assert u.shape == (3, 160, 160)
+    assert float(u.abs().max()) <= eps + 1e-6 and float(u.abs().max()) > 0
+    assert summary["faces"] >= 3
+    assert summary["self_distance_over_threshold"]["facenet128"] > 0
+    # the CLI file format round-trips and protection starts from it
+    path = tmp_path / "uap.pt"
+    torch.save({"uap": u, "eps": eps, "template": "facenet"}, path)
+    from advprotect.cli import load_uap
+
+    cfg = ProtectConfig.from_preset("low", steps=1)
+    prot = FaceProtector(cfg, "cpu", uap=load_uap(str(path)), seed=0)
+    res = prot.protect([photos[0]])[0]
+    assert res.faces and float((res.pixels - photos[0]).abs().max()) <= cfg.eps + 1 / 255

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import secrets
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,26 +278,7 @@ def encode_pixels(arr: np.ndarray, fmt: str, *, icc_profile: Optional[bytes] = N
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, *, mode: Optional[int] = None) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically (the project's one atomic writer)."""
+    from ..io.writer import atomic_write_bytes
+
+    atomic_write_bytes(path, data, mode=mode)

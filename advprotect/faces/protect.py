@@ -15,6 +15,7 @@ Faces from many photos are attacked together in batches of ``batch_size``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -31,11 +32,11 @@ from .embed import FaceAnalyzer, FaceJob, stack_rois, to_uint8, white_box_models
 #: Preset knobs; every one can also be set on its own.
 PRESETS: dict[str, dict[str, Any]] = {
     "low": dict(eps=4 / 255, steps=10, attack="mifgsm", models=("facenet128",), robust="",
-                eot_samples=1),
+                eot_samples=1, mask="jnd"),
     "mid": dict(eps=8 / 255, steps=30, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
-                robust="", eot_samples=1),
+                robust="", eot_samples=1, mask="none"),
     "high": dict(eps=8 / 255, steps=60, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
-                 robust="jpeg,resize,blur", eot_samples=2),
+                 robust="jpeg,resize,blur", eot_samples=2, mask="none"),
 }
 
 
@@ -53,7 +54,7 @@ class ProtectConfig:
     weights: str = "adaptive"
     robust: str = ""
     eot_samples: int = 1
-    mask: str = "jnd"
+    mask: str = "none"
     budget_floor: float = 0.25
     apf_offset: bool = True
     offset_fraction: float = 0.10
@@ -61,6 +62,7 @@ class ProtectConfig:
     min_face: int = 40
     batch_size: int = 8
     feather: float = 0.1
+    jitter: float = 1.0  # alignment jitter per step (1.0: +-2% shift, +-3% scale, +-3 deg)
 
     @classmethod
     def from_preset(cls, mode: str = "mid", **overrides: Any) -> "ProtectConfig":
@@ -153,6 +155,27 @@ class FaceProtector:
 
     # ------------------------------------------------------------------ attack
 
+    def _jitter(self, mats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Random small similarity changes of the alignment (shift, scale, rotation about the crop
+        centre), drawn anew each step: whoever analyses the photo detects and aligns the face
+        again, never with exactly our landmarks, so the perturbation must survive that."""
+        j = self.config.jitter
+        if j <= 0:
+            return mats
+        n = mats.shape[0]
+        r = lambda: (torch.rand(n, generator=self.generator) * 2 - 1) * j  # noqa: E731
+        ang, sc = r() * math.radians(3.0), 1 + r() * 0.03
+        tx, ty = r() * 0.02 * size[1], r() * 0.02 * size[0]
+        cx, cy = (size[1] - 1) / 2, (size[0] - 1) / 2
+        cos, sin = sc * torch.cos(ang), sc * torch.sin(ang)
+        jit = torch.zeros(n, 3, 3)
+        jit[:, 0, 0], jit[:, 0, 1], jit[:, 1, 0], jit[:, 1, 1] = cos, -sin, sin, cos
+        jit[:, 0, 2] = cx - cos * cx + sin * cy + tx
+        jit[:, 1, 2] = cy - sin * cx - cos * cy + ty
+        jit[:, 2, 2] = 1
+        full = torch.cat([mats, mats.new_tensor([0, 0, 1]).expand(n, 1, 3)], 1)
+        return (jit.to(mats) @ full)[:, :2]
+
     def _offset(self, emb: torch.Tensor) -> torch.Tensor:
         """APF Eq. 13: 10% of the dimensions ~ U(-0.07, 0.07), the rest 0."""
         n, d = emb.shape
@@ -182,7 +205,7 @@ class FaceProtector:
                 sign = 1.0
 
             def loss(xa: torch.Tensor, net=net, mats=mats, size=size, ref=ref, sign=sign, info=info):
-                emb = net(align(xa, mats, size, antialias=True))
+                emb = net(align(xa, self._jitter(mats, size), size, antialias=True))
                 return sign * embedding_distance(emb, ref, info.distance) / info.threshold
 
             losses[m] = loss
@@ -222,7 +245,6 @@ class FaceProtector:
 
     def compose(self, photo: torch.Tensor, jobs: list[FaceJob], deltas: list[torch.Tensor]) -> torch.Tensor:
         """The protected photo: each face's perturbation resampled to full resolution, added."""
-        out = photo.clone()
         canvas = torch.zeros_like(photo)
         for j, d in zip(jobs, deltas):
             x0, y0, x1, y1 = j.roi_box
@@ -231,8 +253,7 @@ class FaceProtector:
                 d = F.interpolate(d[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
             canvas[:, y0:y1, x0:x1] += d
         canvas.clamp_(-self.config.eps, self.config.eps)
-        out = (photo + canvas).clamp_(0, 1)
-        return out
+        return (photo + canvas).clamp_(0, 1)
 
     def protect(self, photos: Sequence[torch.Tensor], *, progress: Callable[[int], None] | None = None,
                 evaluators: Optional["Evaluators"] = None) -> list[PhotoResult]:
@@ -251,7 +272,9 @@ class FaceProtector:
                 out = (out * 255).round() / 255  # what an 8-bit file will hold
             else:
                 out = photo.clone()
-            warnings = [] if mine else ["no face found: written unchanged"]
+            warnings = [] if mine else [
+                "no face to protect (all under --min-face): written unchanged" if skipped[pi]
+                else "no face found: written unchanged"]
             results.append(PhotoResult(out, [], skipped[pi], warnings))
         elapsed = time.perf_counter() - t0
         for pi, photo in enumerate(photos):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 from rich.text import Text
 
-from .discover import InputItem, UsageError, check_output_location, discover
+from .discover import InputItem, UsageError, _is_within, check_output_location, discover
 from .formats import normalize_format, output_relpath
 from .manifest import Manifest, OutputLock, dumps
 from .reader import DEFAULT_MAX_PIXELS, ImageReadError, ImageRecord, decode_image, read_bytes, sha256_bytes
@@ -175,14 +175,6 @@ def settings_hash(settings: dict, options: OutputOptions | None = None) -> str:
 ProcessFn = Callable[[list[ImageRecord]], Sequence[ProcessResult]]
 
 _STOP = object()
-
-
-def _is_within(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-        return True
-    except ValueError:
-        return False
 
 
 def run_pipeline(

@@ -51,9 +51,10 @@ class ImageWriteError(Exception):
 # --------------------------------------------------------------------------- atomic file writing
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``,
-    fsync of the folder. A reader (or a crash) sees either the old file or the complete new one."""
+    fsync of the folder. A reader (or a crash) sees either the old file or the complete new one.
+    ``mode``: permission bits to give the file before it appears under its name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name[:120]}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}"
@@ -64,6 +65,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 
 def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` via a temporary file and a rename; parents are created."""
-    p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return p
+    """Write ``text`` (UTF-8) to ``path`` atomically; parents are created."""
+    from ..io.writer import atomic_write_bytes
+
+    return atomic_write_bytes(Path(path).expanduser(), text.encode("utf-8"))
 
 
 def fmt(v: Any, pct: bool = False, digits: int = 3) -> str:
