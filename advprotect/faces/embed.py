@@ -106,7 +106,7 @@ class FaceAnalyzer:
             float(torch.linalg.det(roi_to_crop_matrix(lm_roi, self.templates[m])[0, :, :2]).abs().sqrt())
             for m in self.mask_models
         )
-        scale = min(1.0, WORK_CROP_SCALE / max(crop_scale, 1e-6))
+        scale = min(1.0, crop_scale / WORK_CROP_SCALE)
         work = self.work_roi(photo, roi, scale)
         sy, sx = work.shape[1] / (y1 - y0), work.shape[2] / (x1 - x0)
         lm_work = torch.stack([(lm_roi[:, 0] + 0.5) * sx - 0.5, (lm_roi[:, 1] + 0.5) * sy - 0.5], 1)
