@@ -20,10 +20,10 @@ import hashlib
 import os
 import secrets
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.writer import fsync_dir
 from .errors import KeyFileError
 
 KEY_HEADER = "advprotect-erase-key-v1"
@@ -51,21 +51,6 @@ def key_fingerprint(key: bytes) -> str:
 
 def _format_key(key: bytes) -> bytes:
     return (_COMMENT + KEY_HEADER + "\n" + key.hex() + "\n").encode("ascii")
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform.startswith("win"):
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def generate_key(path: str | os.PathLike, *, force: bool = False) -> KeyInfo:
@@ -139,7 +124,7 @@ def generate_key(path: str | os.PathLike, *, force: bool = False) -> KeyInfo:
                     os.close(fd2)
             os.unlink(tmp)
         tmp = None
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except KeyFileError:
         raise
     except OSError as exc:
