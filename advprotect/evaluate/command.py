@@ -177,6 +177,19 @@ def _faces_factory(opts: dict):
 register_evaluator("faces", _faces_factory)
 register_evaluator("quality", lambda opts: QualityEvaluator())
 
+#: evaluator kinds that live beside their subcommand; imported (and so registered) on first use.
+PLUGINS: dict[str, str] = {
+    "captcha": "advprotect.captcha.evaluate",
+    "kanon": "advprotect.kanon.evaluate",
+}
+
+
+def _load_evaluator(kind: str) -> None:
+    if kind not in EVALUATORS and kind in PLUGINS:
+        import importlib
+
+        importlib.import_module(PLUGINS[kind])
+
 
 # ---------------------------------------------------------------------------- inputs
 
@@ -288,8 +301,12 @@ def evaluate_command(original, protected, *, enrolled=None, pairs=None, models=N
                      out_md=None, html=None, fail_under: float | None = None,
                      fail_model: str | None = None, device: str = "cpu",
                      progress: Callable[[str], None] | None = None,
-                     kinds: Sequence[str] = ("faces", "quality")) -> tuple[dict, int]:
+                     kinds: Sequence[str] = ("faces", "quality"),
+                     extra: dict[str, Any] | None = None) -> tuple[dict, int]:
     """Run every evaluator over the paired photos; write the asked reports.
+
+    ``kinds`` picks the evaluators (faces, quality, captcha, kanon...); ``extra`` options
+    (labels file, classifier, K...) reach every evaluator's factory beside models/transforms.
 
     Returns ``(report, exit_code)`` (0 ok, 1 some files failed, 3 ``fail_under`` not met).
     Raises :class:`advprotect.io.UsageError` (a ``ValueError``; the CLI exits 2) for a missing
@@ -305,26 +322,30 @@ def evaluate_command(original, protected, *, enrolled=None, pairs=None, models=N
     enr_dir = _folder(enrolled, "enrolled") if enrolled is not None else None
     if enr_dir is not None and pairs is not None:
         raise UsageError("give --enrolled or --pairs, not both")
+    kinds = list(dict.fromkeys(kinds))
+    for k in kinds:
+        _load_evaluator(k)
+        if k not in EVALUATORS:
+            raise UsageError(f"unknown evaluator {k!r}; known: {', '.join(dict.fromkeys([*EVALUATORS, *PLUGINS]))}")
     try:
         tlist = parse_transforms(transforms)
-        model_names = resolve_models(models)
+        model_names = resolve_models(models) if "faces" in kinds else []
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    fail_model = fail_model or "facenet128"
+    fail_model = fail_model or ("facenet128" if "faces" in kinds else None)
     if fail_under is not None:
         if not 0.0 <= float(fail_under) <= 1.0:
             raise UsageError(f"--fail-under must be in [0, 1], got {fail_under}")
-        if fail_model not in model_names:
+        if fail_model is None:
+            raise UsageError("--fail-under needs --fail-model (the model or solver whose mean ASR is checked)")
+        if "faces" in kinds and set(kinds) <= {"faces", "quality"} and fail_model not in model_names:
             raise UsageError(f"--fail-model {fail_model!r} is not among the evaluated models: {', '.join(model_names)}")
-    for k in kinds:
-        if k not in EVALUATORS:
-            raise UsageError(f"unknown evaluator {k!r}; known: {', '.join(EVALUATORS)}")
     pair_rows = read_pairs(pairs) if pairs is not None else None
 
     items, files = _pair(orig_dir, prot_dir)
     by_rel = {f["rel"]: f for f in files if f["status"] == "ok"}
     ctx = EvalContext(items, _references(items, enr_dir), pair_rows, device, progress,
-                      {"models": model_names, "transforms": tlist, "device": device})
+                      {**(extra or {}), "models": model_names, "transforms": tlist, "device": device})
     # "faces" must see a pair before "quality" (it provides the face box)
     order = sorted(kinds, key=lambda k: (k != "faces", list(EVALUATORS).index(k)))
     evaluators = {k: EVALUATORS[k](ctx.options) for k in order}
