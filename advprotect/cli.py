@@ -365,7 +365,7 @@ def protect_faces(
     no_offset: bool = typer.Option(False, "--no-offset", help="Disable APF's random enrolled-feature offset (Eq. 13)."),
     target: Optional[str] = typer.Option(None, "--target", help="Impersonate the person in this photo instead of dodging."),
     uap: Optional[str] = typer.Option(None, "--uap", help="Universal perturbation from `advprotect uap`, added as the starting point."),
-    min_face: int = typer.Option(40, "--min-face", min=12, help="Smallest face (pixels) to protect; smaller ones are reported and left."),
+    min_face: int = typer.Option(20, "--min-face", min=12, help="Smallest face (pixels) to protect; smaller ones are reported and left. Recognisers still match 20-40 px faces, so the default protects them."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces attacked together (from several photos)."),
     skip_no_face: bool = typer.Option(False, "--skip-no-face", help="Do not write photos without a face (default: copy them unchanged, with a warning)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the black-box check with native dlib."),
@@ -686,8 +686,12 @@ _GLOBAL_VALUED = {"--device", "--seed"}
 
 # --------------------------------------------------------------------------- more subcommands
 # captcha and k-anon live in their packages; each registers here with one block.
-# [captcha registration]
-# [k-anon registration]
+from .captcha.commands import captcha_app  # noqa: E402
+
+app.add_typer(captcha_app, name="captcha")
+from .kanon.command import kanon_command as _kanon_command  # noqa: E402
+
+app.command("k-anon")(_kanon_command)
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:
@@ -721,4 +725,9 @@ def main() -> None:  # console-script entry point
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m advprotect.cli` runs this file as __main__; the subcommands that live in their
+    # packages import `advprotect.cli`, so hand over to that one module (one app, one set of
+    # global options) instead of running a second copy.
+    from advprotect.cli import main as _main
+
+    _main()

@@ -32,7 +32,16 @@ def seed_everything(seed: int | None) -> None:
     torch.manual_seed(seed)
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under ``taskset`` or a container's
+    cpuset), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def configure_threads() -> None:
-    """Use every core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
+    """Use every available core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(available_cpus())

@@ -122,7 +122,7 @@ class FaceBackends:
     """Detect + embed every face of a photo with each model; results cached by pixel content and
     model (an identical copy, or the clean photo reused as a reference, is embedded once)."""
 
-    def __init__(self, models: Sequence[str], device: torch.device | str = "cpu", *, min_face: int = 40) -> None:
+    def __init__(self, models: Sequence[str], device: torch.device | str = "cpu", *, min_face: int = 20) -> None:
         self.models = tuple(models)
         self.device = str(torch.device(device))
         self.min_face = min_face
@@ -247,7 +247,7 @@ class FaceEvaluator:
     kind = "faces"
 
     def __init__(self, models: Sequence[str], transforms: Sequence[Transform] = (), device="cpu",
-                 *, min_face: int = 40) -> None:
+                 *, min_face: int = 20) -> None:
         self.models = list(models)
         self.transforms = list(transforms)
         self.variants = ["none"] + [t.name for t in self.transforms]

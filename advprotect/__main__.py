@@ -1,0 +1,5 @@
+"""``python -m advprotect`` = the ``advprotect`` command."""
+
+from advprotect.cli import main
+
+main()

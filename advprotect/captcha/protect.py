@@ -1,0 +1,248 @@
+"""Protect CAPTCHAs against solvers: robust CAPTCHAs (paper 000, section 3.1.3).
+
+The three components the paper names, each plugged into the shared attack engine
+(:class:`advprotect.attacks.base.Attack`, no loop of our own):
+
+* **multi-target attack**: every character position must be misread: a CTC + per-position
+  margin objective for the CTC surrogates (:class:`~advprotect.captcha.ctc_objective.CTCObjective`)
+  and a per-position margin objective for the per-position one
+  (:class:`~advprotect.captcha.position_objective.PositionObjective`);
+* **ensemble**: the surrogates of different architectures (``crnn``, ``fcn``, ``cnn``) combined
+  with :class:`advprotect.attacks.Ensemble`, so the perturbation transfers to solvers we do not
+  have (ddddocr, Tesseract);
+* **differentiable approximation** of the solver's preprocessing (grey, steep-sigmoid
+  binarisation, median and Gaussian filtering, resize, JPEG): a random chain of
+  :class:`~advprotect.captcha.preprocess.SolverPreprocess` is the engine's EOT transform.
+
+The budget is L-inf ``eps`` (default 8/255), lowered on flat background (where a change is most
+visible and costs most SSIM) by :func:`texture_budget`; after the attack, a protected CAPTCHA whose
+SSIM to the clean one is below ``min_ssim`` (0.9) has its perturbation scaled down until it is not.
+
+Success (reported, and with ``early_stop`` the engine's per-sample stop): every surrogate misreads
+the CAPTCHA as it is, after a 3x3 median filter and after JPEG quality 75 (a bot's clean-up).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from kornia.metrics import ssim
+from torch import Tensor
+
+from ..attacks import Attack, Ensemble
+from ..attacks.base import check_int, check_range
+from ..attacks.eot import jpeg
+from .ctc_objective import CTCObjective
+from .models import SURROGATES, load_surrogates
+from .position_objective import PositionObjective
+from .preprocess import OPS, SolverPreprocess, median3
+
+__all__ = ["CaptchaProtectConfig", "CaptchaProtector", "solver_views", "ssim_per_image", "texture_budget"]
+
+
+@dataclass
+class CaptchaProtectConfig:
+    """Settings of ``advprotect captcha protect`` / ``generate`` (all validated by :meth:`validate`).
+
+    eps: L-inf budget in (0, 1] (default 8/255). steps: attack iterations. alpha: step size
+    (default eps / 6). decay: momentum (MI, 1.0; 0 = off). diversity_prob: input diversity
+    (DI; default 0 = off: it weakened the white-box result and did not help transfer here). kernel_size: TI gradient smoothing kernel (odd; 1 = off). Together:
+    the engine's M-DI(-TI)-FGSM. surrogates: white-box models.
+    weights: ensemble weighting (uniform | adaptive). preprocess: solver ops drawn in the EOT chain
+    (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p: probability of each op per
+    draw. eot_samples: gradient draws per step. kappa: per-position margin. mask: texture (less
+    change on flat background) | none. floor: budget fraction kept on flat background.
+    min_ssim: SSIM guard in [0, 1]. early_stop: stop a CAPTCHA once every surrogate misreads it in
+    every view (faster, transfers less). batch_size: CAPTCHAs attacked together.
+    """
+
+    eps: float = 8 / 255
+    steps: int = 40
+    alpha: float | None = None
+    decay: float = 1.0
+    diversity_prob: float = 0.0
+    kernel_size: int = 1
+    surrogates: tuple[str, ...] = ("crnn", "fcn", "cnn")
+    weights: str = "uniform"
+    preprocess: str = "jpeg,resize,median,blur,binarize"
+    p: float = 0.35
+    eot_samples: int = 2
+    kappa: float = 5.0
+    mask: str = "texture"
+    floor: float = 0.6
+    min_ssim: float = 0.9
+    early_stop: bool = False
+    batch_size: int = 16
+
+    def validate(self) -> "CaptchaProtectConfig":
+        check_range("eps", self.eps, 0.0, 1.0, lo_open=True)
+        check_int("steps", self.steps, 1)
+        if self.alpha is not None:
+            check_range("alpha", self.alpha, 0.0, 1.0, lo_open=True)
+        Attack(eps=self.eps, steps=self.steps, decay=self.decay, diversity_prob=self.diversity_prob,
+               kernel_size=self.kernel_size)
+        if not self.surrogates:
+            raise ValueError(f"at least one surrogate is needed; valid: {', '.join(SURROGATES)}")
+        bad = [s for s in self.surrogates if s not in SURROGATES]
+        if bad:
+            raise ValueError(f"unknown surrogate(s) {', '.join(bad)}; valid: {', '.join(SURROGATES)}")
+        if self.weights not in ("uniform", "adaptive"):
+            raise ValueError(f"weights must be uniform or adaptive, got {self.weights!r}")
+        ops = [o.strip() for o in self.preprocess.split(",") if o.strip()]
+        bad = [o for o in ops if o not in OPS]
+        if bad:
+            raise ValueError(f"unknown preprocessing op(s) {', '.join(bad)}; valid: {', '.join(OPS)}")
+        check_range("p", self.p, 0.0, 1.0)
+        check_int("eot_samples", self.eot_samples, 1)
+        check_range("kappa", self.kappa, 0.0, lo_open=True)
+        if self.mask not in ("texture", "none"):
+            raise ValueError(f"mask must be texture or none, got {self.mask!r}")
+        check_range("floor", self.floor, 0.0, 1.0)
+        check_range("min_ssim", self.min_ssim, 0.0, 1.0)
+        check_int("batch_size", self.batch_size, 1)
+        return self
+
+    def settings(self) -> dict:
+        d = asdict(self)
+        d["surrogates"] = list(self.surrogates)
+        return d
+
+
+def ssim_per_image(a: Tensor, b: Tensor) -> Tensor:
+    """Mean SSIM (11x11 Gaussian window, kornia) of each pair, ``(B,)``."""
+    win = min(11, a.shape[-2], a.shape[-1])
+    win = win if win % 2 else win - 1
+    return ssim(a, b, win).mean(dim=(1, 2, 3))
+
+
+def texture_budget(x: Tensor, eps: float, floor: float = 0.35, scale: float = 0.08) -> Tensor:
+    """Per-pixel budget ``(B, 1, H, W)``: ``eps * (floor + (1 - floor) * min(1, s / scale))`` where
+    ``s`` is the local standard deviation of the luma in the SSIM window (Gaussian, sigma 1.5).
+    Flat background keeps ``floor * eps`` (a change there is what SSIM and the eye notice);
+    strokes, edges and noise keep the full ``eps``."""
+    from kornia.filters import gaussian_blur2d
+
+    w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    y = (x * w).sum(1, keepdim=True) if x.shape[1] == 3 else x
+    mu = gaussian_blur2d(y, (11, 11), (1.5, 1.5))
+    # minus 1e-6: float32 rounding of E[y^2] - E[y]^2 on flat areas (std < 0.001 is flat)
+    var = (gaussian_blur2d(y * y, (11, 11), (1.5, 1.5)) - mu * mu - 1e-6).clamp_min(0)
+    rel = (var.sqrt() / scale).clamp(max=1.0)
+    return eps * (floor + (1 - floor) * rel)
+
+
+def solver_views(x: Tensor) -> dict[str, Tensor]:
+    """What the success check and the reports read: the CAPTCHA as it is, after a 3x3 median
+    filter and after a JPEG quality-75 round trip."""
+    return {"none": x, "median3": median3(x), "jpeg75": jpeg(x, 75.0)}
+
+
+class CaptchaProtector:
+    """Loads the surrogates once; :meth:`protect` perturbs batches of CAPTCHAs."""
+
+    def __init__(self, config: CaptchaProtectConfig | None = None, device: torch.device | str = "cpu",
+                 weights_folder: str | None = None) -> None:
+        self.config = (config or CaptchaProtectConfig()).validate()
+        self.device = torch.device(device)
+        self.models = load_surrogates(self.config.surrogates, self.device, weights_folder)
+
+    @torch.no_grad()
+    def read(self, x: Tensor) -> dict[str, dict[str, list[str]]]:
+        """``{surrogate: {view: [answers]}}`` for images ``x`` ``(B, 3, H, W)``."""
+        views = solver_views(x)
+        return {n: {v: m.read(img) for v, img in views.items()} for n, m in self.models.items()}
+
+    def _objective(self, x: Tensor, texts: Sequence[str]) -> Ensemble:
+        c = self.config
+        losses = {}
+        for n, m in self.models.items():
+            if getattr(m, "kind", "") == "ctc":
+                losses[n] = CTCObjective(m, x, texts, kappa=c.kappa)
+            else:
+                losses[n] = PositionObjective(m, texts, kappa=c.kappa, device=x.device)
+        return Ensemble(losses, weights=c.weights)
+
+    def _success(self, texts: Sequence[str]):
+        truth = [t.lower() for t in texts]
+
+        def success(x_adv: Tensor) -> Tensor:
+            reads = self.read(x_adv)
+            ok = torch.ones(len(truth), dtype=torch.bool)
+            for per_view in reads.values():
+                for answers in per_view.values():
+                    ok &= torch.tensor([a != t for a, t in zip(answers, truth)])
+            return ok.to(x_adv.device)
+
+        return success
+
+    def protect(self, x: Tensor, texts: Sequence[str]) -> tuple[Tensor, list[dict]]:
+        """Protect CAPTCHAs ``x`` ``(B, 3, H, W)`` in [0, 1] with answers ``texts``.
+
+        Returns ``(x_adv, infos)``: ``x_adv`` ``(B, 3, H, W)`` in [0, 1] with
+        ``|x_adv - x| <= eps``; per CAPTCHA a dict with the surrogates' answers (clean and
+        protected, per view), ``fooled`` (every surrogate misreads every view), ``ssim``,
+        ``linf_255``, ``ssim_scale`` (1 unless the SSIM guard scaled the change down) and
+        ``seconds``. ``x`` is not modified."""
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x must be (B, 3, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+        if len(texts) != x.shape[0]:
+            raise ValueError(f"got {len(texts)} answers for {x.shape[0]} CAPTCHAs")
+        out, infos = [], []
+        bs = self.config.batch_size
+        for i in range(0, x.shape[0], bs):
+            xa, inf = self._protect_batch(x[i:i + bs], list(texts[i:i + bs]))
+            out.append(xa)
+            infos += inf
+        return torch.cat(out), infos
+
+    def _protect_batch(self, x: Tensor, texts: list[str]) -> tuple[Tensor, list[dict]]:
+        c = self.config
+        t0 = time.perf_counter()
+        x = x.detach().to(self.device, torch.float32)
+        eot = SolverPreprocess(c.preprocess, p=c.p, samples=c.eot_samples) if c.preprocess.strip() else None
+        attack = Attack(eps=c.eps, alpha=c.alpha or c.eps / 6, steps=c.steps, decay=c.decay,
+                        diversity_prob=c.diversity_prob, kernel_size=c.kernel_size, eot=eot,
+                        early_stop=c.early_stop)
+        eps_map = texture_budget(x, c.eps, c.floor) if c.mask == "texture" else None
+        success = self._success(texts)
+        x_adv = attack(x, self._objective(x, texts), success=success, eps_map=eps_map)
+        # SSIM guard: scale the change down (bisection) where SSIM fell below min_ssim
+        s_adv = ssim_per_image(x, x_adv)
+        scale = torch.ones(x.shape[0], device=x.device)
+        low = s_adv < c.min_ssim
+        if bool(low.any()):
+            delta = x_adv - x
+            lo = torch.zeros_like(scale)
+            hi = torch.ones_like(scale)
+            for _ in range(10):
+                mid = (lo + hi) / 2
+                ok = ssim_per_image(x, (x + delta * mid.view(-1, 1, 1, 1)).clamp(0, 1)) >= c.min_ssim
+                lo = torch.where(ok, mid, lo)
+                hi = torch.where(ok, hi, mid)
+            scale = torch.where(low, lo, scale)
+            x_adv = (x + delta * scale.view(-1, 1, 1, 1)).clamp(0, 1)
+            s_adv = ssim_per_image(x, x_adv)
+        x_adv = x_adv.detach()
+        clean_reads = self.read(x)
+        adv_reads = self.read(x_adv)
+        fooled = success(x_adv).cpu()
+        secs = (time.perf_counter() - t0) / x.shape[0]
+        infos = []
+        linf = (x_adv - x).abs().flatten(1).amax(1) * 255
+        truth = [t.lower() for t in texts]
+        for j, t in enumerate(truth):
+            # booleans only: the report must not reveal the answer (--hash-answers)
+            infos.append({
+                "surrogates": {n: {"clean_correct": clean_reads[n]["none"][j] == t,
+                                   **{f"correct_{v}": r[j] == t for v, r in adv_reads[n].items()}}
+                               for n in self.models},
+                "fooled": bool(fooled[j]),
+                "ssim": round(float(s_adv[j]), 4),
+                "linf_255": round(float(linf[j]), 3),
+                "ssim_scale": round(float(scale[j]), 4),
+                "seconds": round(secs, 3),
+            })
+        return x_adv, infos

@@ -1,0 +1,129 @@
+"""Black-box CAPTCHA solvers and the clean-up a bot applies first.
+
+* ``ddddocr`` (PyPI ``ddddocr==1.6.1``, extra ``captcha``): the most used open CAPTCHA solver
+  (an ONNX CTC model); optional: :func:`available` tells whether it imports.
+* ``tesseract``: the classic OCR engine through ``pytesseract`` when both are installed (PSM 7,
+  one text line, letters and digits only).
+* the surrogates (``crnn``, ``fcn``, ``cnn``) as solvers too, for the same measurements.
+
+A solver maps a list of RGB :class:`PIL.Image.Image` to answers. Answers are compared
+case-insensitively after dropping anything that is not a letter or a digit (:func:`normalize`).
+Solver-side clean-ups (:data:`CLEANUPS`) are the real, non-differentiable operations: Pillow's
+3x3 median filter and a JPEG quality-75 round trip.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from collections.abc import Callable, Sequence
+
+from PIL import Image, ImageFilter
+
+__all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "load_solver", "normalize"]
+
+Solver = Callable[[Sequence[Image.Image]], list[str]]
+BLACK_BOX = ("ddddocr", "tesseract")
+
+
+def normalize(text: str) -> str:
+    """Lower case, letters and digits only (how answers are compared)."""
+    return re.sub(r"[^0-9a-z]", "", (text or "").lower())
+
+
+def _median(im: Image.Image) -> Image.Image:
+    return im.filter(ImageFilter.MedianFilter(3))
+
+
+def _jpeg75(im: Image.Image) -> Image.Image:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=75)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+#: name -> clean-up a bot runs before its solver
+CLEANUPS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "none": lambda im: im,
+    "median3": _median,
+    "jpeg75": _jpeg75,
+}
+
+
+def available(name: str) -> bool:
+    """Whether black-box solver ``name`` can run here (its package, and binary, installed)."""
+    if name == "ddddocr":
+        try:
+            import ddddocr  # noqa: F401
+        except Exception:  # noqa: BLE001 - missing or broken (onnxruntime) install
+            return False
+        return True
+    if name == "tesseract":
+        try:
+            import pytesseract  # noqa: F401
+        except ImportError:
+            return False
+        return shutil.which("tesseract") is not None
+    return False
+
+
+def _ddddocr() -> Solver:
+    import contextlib
+    import os
+
+    import ddddocr
+
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # it prints a banner
+        ocr = ddddocr.DdddOcr(show_ad=False)
+
+    def solve(images):
+        return [normalize(ocr.classification(im.convert("RGB"))) for im in images]
+
+    return solve
+
+
+def _tesseract() -> Solver:
+    import pytesseract
+
+    cfg = "--psm 7 -c tessedit_char_whitelist=0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+    def solve(images):
+        return [normalize(pytesseract.image_to_string(im.convert("RGB"), config=cfg)) for im in images]
+
+    return solve
+
+
+def _surrogate(name: str, device: str) -> Solver:
+    import numpy as np
+    import torch
+
+    from .models import load_surrogate
+
+    model = load_surrogate(name, device)
+
+    def solve(images):
+        out: list[str] = []
+        for i in range(0, len(images), 64):
+            arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images[i:i + 64]])
+            x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            out += model.read(x)
+        return out
+
+    return solve
+
+
+def load_solver(name: str, device: str = "cpu") -> Solver:
+    """A solver by name: ``ddddocr``, ``tesseract`` or a surrogate (``crnn``, ``fcn``, ``cnn``).
+    Raises ``ValueError`` for an unknown name or a black-box solver that is not installed."""
+    from .models import SURROGATES
+
+    if name in SURROGATES:
+        return _surrogate(name, device)
+    if name not in BLACK_BOX:
+        raise ValueError(f"unknown solver {name!r}; valid: {', '.join([*BLACK_BOX, *SURROGATES])}")
+    if not available(name):
+        hint = ("pip install 'advprotect[captcha]'" if name == "ddddocr"
+                else "apt-get install tesseract-ocr and pip install pytesseract")
+        raise ValueError(f"solver {name!r} is not installed ({hint})")
+    return _ddddocr() if name == "ddddocr" else _tesseract()

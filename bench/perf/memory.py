@@ -1,0 +1,79 @@
+"""Memory: peak resident set size of ``advprotect protect-faces`` on a folder of 10 photos vs one of
+1,000 (``--quick``: 40), generated from sample_images/ (resized, cropped and mirrored copies, JPEG,
+100 per subfolder). Target: peak RSS(1,000) <= 1.2 x peak RSS(10), i.e. the pipeline streams and
+keeps no per-photo state that grows with the folder beyond a small report entry.
+
+Cheap settings keep 1,000 photos to a few minutes: ``--steps 1 --models facenet128 --no-verify``.
+Each run is a child process; its peak RSS is the ``ru_maxrss`` that ``os.wait4`` returns for it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import Context, r, sample_photos
+
+CHEAP = ["--steps", "1", "--models", "facenet128", "--no-verify"]
+
+
+def make_photos(folder: Path, n: int, seed: int = 0) -> None:
+    from PIL import Image, ImageOps
+
+    rng = random.Random(seed)
+    srcs = [Image.open(p).convert("RGB") for p in sample_photos()]
+    for i in range(n):
+        im = srcs[i % len(srcs)]
+        longest = rng.randint(320, 480)
+        s = longest / max(im.size)
+        small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
+        dx, dy = rng.randint(0, small.width // 12), rng.randint(0, small.height // 12)
+        small = small.crop((dx, dy, small.width - rng.randint(0, small.width // 12),
+                            small.height - rng.randint(0, small.height // 12)))
+        if rng.random() < 0.5:
+            small = ImageOps.mirror(small)
+        sub = folder / f"part{i // 100:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        small.save(sub / f"photo{i:04d}.jpg", quality=90)
+
+
+def peak_rss(ctx: Context, src: Path, out: Path) -> dict:
+    cmd = [sys.executable, "-c", "import sys; from advprotect.cli import main; sys.argv[0] = 'advprotect'; main()",
+           "--device", str(ctx.device), "--seed", "0", "--quiet", "protect-faces", str(src), "-o", str(out), *CHEAP]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ctx.work, env=ctx.child_env(), stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    report = out / ".advprotect-report.json"
+    manifest = out / ".advprotect-manifest.jsonl"
+    return {"exit_code": proc.returncode, "peak_rss_mb": r(usage.ru_maxrss / 1024, 1), "wall_s": r(wall, 2),
+            "report_kb": r(report.stat().st_size / 1024, 1) if report.exists() else None,
+            "manifest_kb": r(manifest.stat().st_size / 1024, 1) if manifest.exists() else None}
+
+
+def run(ctx: Context) -> dict:
+    small, large = 10, (40 if ctx.quick else 1000)
+    res = {}
+    for n in (small, large):
+        src = ctx.work / f"memory-{n}"
+        ctx.log(f"  memory: generating {n} photos")
+        make_photos(src, n)
+        ctx.log(f"  memory: protect-faces on {n} photos")
+        res[n] = peak_rss(ctx, src, ctx.work / f"memory-{n}-out")
+        res[n]["photos"] = n
+        res[n]["s_per_photo"] = r(res[n]["wall_s"] / n, 3)
+    ratio = res[large]["peak_rss_mb"] / res[small]["peak_rss_mb"]
+    return {
+        "settings": CHEAP,
+        "runs": {str(k): v for k, v in res.items()},
+        f"rss_ratio_{large}_vs_{small}": r(ratio, 3),
+        "rss_ratio": r(ratio, 3),
+        "large": large,
+        "target": 1.2,
+        "meets_target": ratio <= 1.2,
+    }
