@@ -367,6 +367,8 @@ def protect_faces(
     uap: Optional[str] = typer.Option(None, "--uap", help="Universal perturbation from `advprotect uap`, added as the starting point."),
     min_face: int = typer.Option(20, "--min-face", min=12, help="Smallest face (pixels) to protect; smaller ones are reported and left. Recognisers still match 20-40 px faces, so the default protects them."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Faces attacked together (from several photos)."),
+    margin: Optional[float] = typer.Option(None, "--margin", min=0.01, help="A face is done when every surrogate's distance is at least this many times its threshold (default 1.5); faces short of it after --steps get up to --refine-steps more."),
+    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", min=0, help="Most extra steps for faces short of --margin (preset: 30; low: 10; 0 disables)."),
     skip_no_face: bool = typer.Option(False, "--skip-no-face", help="Do not write photos without a face (default: copy them unchanged, with a warning)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the black-box check with native dlib."),
     erasable: bool = ERASABLE_OPT, key: Optional[str] = KEY_OPT, sidecar: bool = SIDECAR_OPT,
@@ -396,7 +398,7 @@ def protect_faces(
             mode, attack=attack, eps=parse_eps(eps) if eps else None, steps=steps,
             alpha=parse_eps(alpha) if alpha else None, models=_csv(models), weights=weights,
             robust=robust, eot_samples=eot_samples, mask=mask, apf_offset=not no_offset,
-            min_face=min_face, batch_size=batch_size,
+            min_face=min_face, batch_size=batch_size, margin=margin, refine_steps=refine_steps,
         )
         from .attacks import make_attack, parse_robust
 

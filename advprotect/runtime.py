@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sys
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -45,3 +48,46 @@ def configure_threads() -> None:
     """Use every available core for intra-op parallelism unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(available_cpus())
+
+
+@contextlib.contextmanager
+def shape_varying(device: torch.device | str | None = None) -> Iterator[None]:
+    """Context for CPU work whose tensor shapes change from call to call (detection on photos of
+    any size, SSIM of face regions of any size): oneDNN builds and caches a kernel for every new
+    convolution shape, up to about a thousand of them, so a folder of photos of many sizes would
+    grow the process by hundreds of MB (bench/perf/memory.py). Here torch's own convolutions run
+    instead; they cache nothing (detection costs ~0.04 s more per photo). The attack, the same
+    shapes every step, keeps oneDNN. No effect on other devices. Not thread-safe (a global flag)."""
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(before)
+
+
+_LIBC: Any = None
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+
+    Called between pipeline batches: the photos and faces of each batch differ in size, so the
+    freed temporaries of one batch leave holes that the next cannot always reuse; without this
+    the peak RSS of a long run creeps up with the folder size (bench/perf/memory.py)."""
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                lib = ctypes.CDLL("libc.so.6")
+                _LIBC = lib if hasattr(lib, "malloc_trim") else False
+            except OSError:
+                pass
+    if _LIBC:
+        _LIBC.malloc_trim(0)

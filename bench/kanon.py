@@ -8,8 +8,8 @@ issue's targets: ASR >= 0.99, max_i P(r = i) <= 1/K + 0.02, mean SSIM >= 0.95.
 * faces, K = 3: gallery = the 5-celebrity ``train/`` photos, inputs = the ``val/`` photos cut to
   a multiple of K (24 of 25: with 25 the best split has a largest group of 9/25 = 0.36 > 1/3 +
   0.02), or with ``--faces-mirror`` the 25 photos and their mirror images (48 of 50); true label =
-  the identity folder (``--labels``); ``--steps 40 --search 1 --batch-size 2`` (lr 0.05, the
-  faces default) to fit the CPU budget.
+  the identity folder (``--labels``); the k-anon defaults (``--steps 100 --search 3``, lr 0.05
+  for faces) with ``--batch-size 2``, or ``--faces-light`` for ``--steps 40 --search 1``.
 
 Each run is then re-measured independently with ``advprotect evaluate --kind kanon`` on the
 written files. Writes bench/results/kanon.json (and kanon-<run>.png pmf plots).
@@ -122,8 +122,12 @@ def build_faces_set(folder: Path, labels_csv: Path, k: int, mirror: bool) -> tup
     return celeb / "train", len(rows) - 1
 
 
+DEVICE: list[str] = []  # ["--device", NAME] when --device is given
+
+
 def cli(*args: str) -> tuple[int, dict]:
     env = dict(os.environ)
+    args = (*DEVICE, *args)
     # the console-script entry point (``python -m advprotect.cli`` would import the CLI module twice)
     proc = subprocess.run([sys.executable, "-c", "from advprotect.cli import main; main()", *args],
                           capture_output=True, text=True, env=env)
@@ -188,9 +192,15 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "kanon.json"))
     ap.add_argument("--faces-mirror", action="store_true",
                     help="faces: add the mirror image of every val photo (50 inputs instead of 24)")
+    ap.add_argument("--device", default=None, help="torch device for the CLI runs (default: the CLI's auto)")
+    ap.add_argument("--faces-light", action="store_true",
+                    help="faces: --steps 40 --search 1 (the session-2 CPU budget) instead of the k-anon defaults")
+    ap.add_argument("--faces-args", default="", help="extra k-anon options for the faces runs, e.g. '--steps 300'")
     ap.add_argument("--skip-protect", action="store_true",
                     help="reuse the outputs of an earlier run (summarise and evaluate again only)")
     args = ap.parse_args()
+    if args.device:
+        DEVICE[:] = ["--device", args.device]
     import torch
 
     from advprotect.models.store import home
@@ -226,10 +236,13 @@ def main() -> None:
                 gallery, _ = build_faces_set(faces_in, labels, k, args.faces_mirror)
             res = run(r, k, "faces", faces_in, work / f"{r}-out",
                       ["--gallery", str(gallery), "--labels", str(labels), "--no-resume", "--overwrite",
-                       "--steps", "40", "--search", "1", "--batch-size", "2"],
+                       *(["--steps", "40", "--search", "1"] if args.faces_light else []), "--batch-size", "2",
+                       *args.faces_args.split()],
                       ["--labels", str(labels), "--set", f"gallery={gallery}"], protect=not args.skip_protect)
         else:
             raise SystemExit(f"unknown run {r}")
+        res["device"] = args.device or "auto"
+        res["device_name"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         report["runs"][r] = res
         print(json.dumps(res, indent=1), file=sys.stderr, flush=True)
         out_path.parent.mkdir(parents=True, exist_ok=True)

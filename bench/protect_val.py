@@ -154,7 +154,7 @@ def main() -> None:
         "split": args.split, "photos": len(photos), "faces": faces, "config": cfg.settings(),
         "white_box": list(cfg.models), "black_box": [m for m in models if m not in cfg.models],
         "mean_ssim_photo": round(sum(ssims) / len(ssims), 4), "min_ssim_photo": round(min(ssims), 4),
-        "seconds_per_face": round(seconds / max(1, faces), 2), "threads": torch.get_num_threads(),
+        "seconds_per_face": round(seconds / max(1, faces), 2), "device": args.device, "threads": torch.get_num_threads(),
         "refs": args.refs,
         "unprotected_photos": sorted(unprotected),
         "protected": rates(clean_e, prot_e, ids, models, **pair_kw),

@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     people = identity_photos(dataset("celebrity") / "train")
     photos = [read_image(p).pixels for ps in people.values() for p in ps[:2]]
-    prot = FaceProtector(ProtectConfig.from_preset("mid"), "cpu", seed=0)
+    prot = FaceProtector(ProtectConfig.from_preset("mid", refine_steps=0), "cpu", seed=0)
     jobs, _ = prot.analyzer.prepare(photos)
     jobs = jobs[: args.faces]
     x = stack_rois([j.work for j in jobs])

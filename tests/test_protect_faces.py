@@ -173,3 +173,30 @@ def test_uap_learns_bounded_perturbation_and_seeds_protection(tmp_path, celebrit
     prot = FaceProtector(cfg, "cpu", uap=load_uap(str(path)), seed=0)
     res = prot.protect([photos[0]])[0]
     assert res.faces and float((res.pixels - photos[0]).abs().max()) <= cfg.eps + 1 / 255
+
+
+def test_refinement_pushes_lagging_faces_past_the_margin(celebrity_train):
+    """Faces short of the margin after the main steps get extra steps (early-stopped) and end
+    further from their clean embedding than without them; the eps bound still holds."""
+    from advprotect.faces.protect import FaceProtector, ProtectConfig
+
+    photo = read_image(celebrity_train[PEOPLE[0]][0]).pixels
+    rows = {}
+    for refine in (0, 25):
+        cfg = ProtectConfig.from_preset("mid", steps=2, models=("facenet128",), refine_steps=refine, margin=1.3)
+        prot = FaceProtector(cfg, "cpu", seed=0)
+        res = prot.protect([photo], evaluators=prot.evaluators(native=False))[0]
+        assert float((res.pixels - photo).abs().max()) <= cfg.eps + 1 / 255
+        rows[refine] = res.faces[0]["models"]["facenet128"]
+    thr = rows[0]["threshold"]
+    assert rows[25]["distance"] > rows[0]["distance"] + 0.05, rows
+    assert rows[25]["distance"] >= 1.1 * thr, rows
+
+
+def test_refinement_settings_validated():
+    from advprotect.faces.protect import ProtectConfig
+
+    with pytest.raises(ValueError, match="margin"):
+        ProtectConfig.from_preset("mid", margin=0)
+    with pytest.raises(ValueError, match="refine_steps"):
+        ProtectConfig.from_preset("mid", refine_steps=-1)

@@ -7,6 +7,8 @@ import math
 import torch
 from kornia.metrics import psnr, ssim
 
+from ..runtime import shape_varying
+
 
 def image_quality(clean: torch.Tensor, protected: torch.Tensor, *, window: int = 11) -> dict[str, float]:
     """SSIM, PSNR (dB), L-inf and L2 (per-pixel RMS x sqrt(N)) of ``protected`` vs ``clean``.
@@ -20,6 +22,11 @@ def image_quality(clean: torch.Tensor, protected: torch.Tensor, *, window: int =
     a = clean[None] if clean.ndim == 3 else clean
     b = protected[None] if protected.ndim == 3 else protected
     a, b = a.float(), b.float().to(a.device)
+    with shape_varying(a.device):
+        return _quality(a, b, window)
+
+
+def _quality(a: torch.Tensor, b: torch.Tensor, window: int) -> dict[str, float]:
     win = min(window, *a.shape[-2:])
     win = win if win % 2 == 1 else win - 1
     if win >= 3:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from advprotect.models.mtcnn import MTCNN, normalise
+from advprotect.runtime import shape_varying
 
 __all__ = ["Detections", "FaceDetector", "nms"]
 
@@ -294,7 +295,7 @@ class FaceDetector:
         if not imgs:
             return []
         batch = images if isinstance(images, torch.Tensor) and images.ndim == 4 else None
-        with torch.inference_mode():
+        with torch.inference_mode(), shape_varying(imgs[0].device):
             found = self._detect(imgs, batch)
         return [Detections(d.boxes.clone(), d.scores.clone(), d.landmarks.clone()) for d in found]
 

@@ -33,7 +33,7 @@ from .embed import FaceAnalyzer, FaceJob, crop_scales, stack_rois, to_uint8, war
 #: Preset knobs; every one can also be set on its own.
 PRESETS: dict[str, dict[str, Any]] = {
     "low": dict(eps=4 / 255, steps=10, attack="mifgsm", models=("facenet128",), robust="",
-                eot_samples=1, mask="jnd"),
+                eot_samples=1, mask="jnd", refine_steps=10),
     "mid": dict(eps=8 / 255, steps=30, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
                 robust="", eot_samples=1, mask="none"),
     "high": dict(eps=8 / 255, steps=60, attack="mdifgsm", models=("facenet128", "dlib-resnet"),
@@ -64,6 +64,8 @@ class ProtectConfig:
     batch_size: int = 8
     feather: float = 0.1
     jitter: float = 1.0  # alignment jitter per step (1.0: +-2% shift, +-3% scale, +-3 deg)
+    margin: float = 1.5  # a face is done when every surrogate's distance is >= margin x threshold
+    refine_steps: int = 30  # most extra steps for faces still short of the margin (0: none)
 
     @classmethod
     def from_preset(cls, mode: str = "mid", **overrides: Any) -> "ProtectConfig":
@@ -90,6 +92,10 @@ class ProtectConfig:
             raise ValueError(f"mask must be jnd or none, got {self.mask!r}")
         if self.min_face < 12:
             raise ValueError(f"min_face must be >= 12 pixels, got {self.min_face}")
+        if self.margin <= 0:
+            raise ValueError(f"margin must be > 0 (in threshold units, e.g. 1.5), got {self.margin}")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {self.refine_steps}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.offset_fraction <= 1:
@@ -185,7 +191,12 @@ class FaceProtector:
         return (vals * chosen).to(emb)
 
     def attack_jobs(self, jobs: list[FaceJob], callback: Callable[[int], None] | None = None) -> list[torch.Tensor]:
-        """Attack a batch of faces; returns each face's working-resolution perturbation (3, h, w)."""
+        """Attack a batch of faces; returns each face's working-resolution perturbation (3, h, w).
+
+        Every face gets ``steps`` iterations. Faces that end short of the margin on some model
+        (:meth:`_margin_scores` below ``config.margin``) then get up to ``refine_steps`` more,
+        from where they stand, each stopping as soon as it clears the margin: the hard faces
+        (small, low-contrast) get the extra work, the easy ones cost nothing more."""
         if not jobs:
             return []
         cfg = self.config
@@ -193,35 +204,71 @@ class FaceProtector:
         maskb = stack_rois([j.mask.expand(3, -1, -1) for j in jobs])[:, :1]
         budget = budget_map(x, cfg.eps, cfg.mask, cfg.budget_floor) * maskb
         clean = self.analyzer.clean_embeddings(jobs, self.models)  # cached on the jobs for measure()
-        losses: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
-        for m, net in self.models.items():
-            info = FACE_MODELS[m]
+        terms: dict[str, dict[str, Any]] = {}
+        for m in self.models:
             mats = torch.stack([j.matrices[m] for j in jobs])
             size = self.templates[m].size
             # no face ever needs a pyramid level, whatever the jitter (scale >= 1 - 3% x jitter):
             # warp the batch in one call without testing each step
             batched = bool((crop_scales(mats) * (1 - 0.03 * max(0.0, cfg.jitter)) >= _PYRAMID_BELOW).all()) or None
             if self.target_embeddings is not None:
-                ref, sign = self.target_embeddings[m].expand_as(clean[m]), -1.0
+                ref = self.target_embeddings[m].expand_as(clean[m])
             else:
                 ref = clean[m] + (self._offset(clean[m]) if cfg.apf_offset else 0.0)
-                sign = 1.0
-
-            def loss(xa: torch.Tensor, net=net, mats=mats, size=size, ref=ref, sign=sign, info=info,
-                     batched=batched):
-                emb = net(warp_to_crops(xa, self._jitter(mats, size), size, batched=batched))
-                return sign * embedding_distance(emb, ref, info.distance) / info.threshold
-
-            losses[m] = loss
-        objective = Ensemble(losses, cfg.weights) if len(losses) > 1 else next(iter(losses.values()))
-        attack = make_attack(
-            cfg.attack, **self._attack_kwargs(),
-        )
+            terms[m] = dict(mats=mats, size=size, batched=batched, ref=ref, clean=clean[m])
         init = self._uap_init(jobs, x.shape) if self.uap is not None else None
         step_cb = (lambda step, _loss: callback(step)) if callback else None
-        x_adv = attack(x, objective, eps_map=budget, init=init, callback=step_cb)
+        attack = make_attack(cfg.attack, **self._attack_kwargs())
+        x_adv = attack(x, self._objective(terms), eps_map=budget, init=init, callback=step_cb)
+        if cfg.refine_steps > 0 and self._refinable():
+            with torch.no_grad():
+                lag = (self._margin_scores(x_adv, terms) < cfg.margin).nonzero().flatten()
+            if len(lag):
+                sub = {m: {k: (v[lag] if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
+                       for m, t in terms.items()}
+                more = make_attack(cfg.attack, **{**self._attack_kwargs(), "steps": cfg.refine_steps,
+                                                  "early_stop": True})
+                x_adv = x_adv.detach().clone()
+                x_adv[lag] = more(x[lag], self._objective(sub), eps_map=budget[lag], init=(x_adv - x)[lag],
+                                  success=lambda xa: self._margin_scores(xa, sub) >= cfg.margin)
         delta = x_adv - x
         return [delta[i, :, : j.work.shape[1], : j.work.shape[2]] for i, j in enumerate(jobs)]
+
+    def _refinable(self) -> bool:
+        """Iterative sign-gradient attacks can continue from a point (not FGSM's single step, not
+        CW-L2's own optimiser)."""
+        return self.config.attack.lower().replace("-", "").replace("_", "") not in ("fgsm", "cwl2")
+
+    def _objective(self, terms: dict[str, dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The attack's loss: per model, the distance of the (jittered) crops' embedding from the
+        reference (enrolled feature + APF offset; the target when impersonating) in units of the
+        model's threshold, negated to impersonate; an ensemble when there are several models."""
+        sign = -1.0 if self.target_embeddings is not None else 1.0
+        losses: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        for m, t in terms.items():
+            net, info = self.models[m], FACE_MODELS[m]
+
+            def loss(xa: torch.Tensor, net=net, info=info, t=t) -> torch.Tensor:
+                crops = warp_to_crops(xa, self._jitter(t["mats"], t["size"]), t["size"], batched=t["batched"])
+                return sign * embedding_distance(net(crops), t["ref"], info.distance) / info.threshold
+
+            losses[m] = loss
+        return Ensemble(losses, self.config.weights) if len(losses) > 1 else next(iter(losses.values()))
+
+    def _margin_scores(self, xa: torch.Tensor, terms: dict[str, dict[str, Any]]) -> torch.Tensor:
+        """(B,) how far each face is past every model's threshold, in threshold units, with the
+        alignment as it is (no jitter): dodging, min over models of distance(clean) / threshold;
+        impersonating, min of threshold / distance(target). Above 1 means no model verifies."""
+        score = None
+        for m, t in terms.items():
+            info = FACE_MODELS[m]
+            emb = self.models[m](warp_to_crops(xa, t["mats"], t["size"], batched=t["batched"]))
+            if self.target_embeddings is None:
+                s = embedding_distance(emb, t["clean"], info.distance) / info.threshold
+            else:
+                s = info.threshold / embedding_distance(emb, t["ref"], info.distance).clamp_min(1e-6)
+            score = s if score is None else torch.minimum(score, s)
+        return score
 
     def _attack_kwargs(self) -> dict[str, Any]:
         cfg = self.config

@@ -20,6 +20,7 @@ from .discover import InputItem, UsageError, _is_within, check_output_location, 
 from .formats import normalize_format, output_relpath
 from .manifest import Manifest, OutputLock, dumps
 from .reader import DEFAULT_MAX_PIXELS, ImageReadError, ImageRecord, decode_image, read_bytes, sha256_bytes
+from ..runtime import release_free_memory
 from .writer import atomic_write_bytes, clean_temp_files, write_image
 
 #: bump when the output encoding changes in a way that should invalidate resumed outputs
@@ -424,6 +425,12 @@ class _Runner:
 
     # ---- calling process
     def _call(self, records: list[ImageRecord]) -> list[ProcessResult]:
+        try:
+            return self._call_batch(records)
+        finally:
+            release_free_memory()
+
+    def _call_batch(self, records: list[ImageRecord]) -> list[ProcessResult]:
         try:
             results = self.process(records)
             return self._check(records, results)

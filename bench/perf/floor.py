@@ -66,6 +66,7 @@ def run(ctx: Context) -> dict:
             marks.append(time.perf_counter())
 
         prot.config.steps = steps
+        prot.config.refine_steps = 0  # the main loop's steps only (refinement: extra early-stopped steps)
         prot.attack_jobs(jobs, callback=cb)
         step_times.append(median([b - a for a, b in zip(marks, marks[1:])]))
 
