@@ -36,6 +36,12 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 
+def attack_key(name: str) -> str:
+    """The registry key of an attack name: lower case, ``-``/``_`` dropped (``"MI-FGSM"`` ->
+    ``"mifgsm"``)."""
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
 def make_attack(name: str, **kwargs) -> Attack:
     """Build an attack by name. Names are case-insensitive and ``-``/``_`` are ignored
     (``"MI-FGSM"``, ``"mi_fgsm"`` and ``"mifgsm"`` are the same). Keyword arguments go to the
@@ -45,7 +51,7 @@ def make_attack(name: str, **kwargs) -> Attack:
     """
     if not isinstance(name, str):
         raise ValueError(f"attack name must be a string; valid names: {', '.join(ATTACKS)}")
-    key = name.strip().lower().replace("-", "").replace("_", "")
+    key = attack_key(name)
     if key not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; valid names: {', '.join(ATTACKS)}")
     cls = ATTACKS[key]
@@ -56,6 +62,7 @@ def make_attack(name: str, **kwargs) -> Attack:
 
 
 __all__ = [
+    "attack_key",
     "ATTACKS",
     "BUDGET_MODES",
     "CWL2",

@@ -18,6 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..io.discover import read_text_file
+
 __all__ = ["Label", "hash_answer", "labels_csv", "read_labels"]
 
 
@@ -64,13 +66,7 @@ def labels_csv(rows: list[tuple[str, str]], hashed: bool = False) -> bytes:
 def read_labels(path: str | Path) -> dict[str, Label]:
     """``{relative file: Label}`` from a labels file. Raises ``ValueError`` (missing file, bad
     header, empty or duplicate entries) with the line number."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ValueError(f"labels file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"labels file unreadable: {p}: {exc}") from None
+    p, text = read_text_file(path, "labels file")
     reader = csv.DictReader(text.splitlines())
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "file" not in fields or not ("answer" in fields or {"salt", "sha256"} <= set(fields)):

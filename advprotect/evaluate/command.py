@@ -78,6 +78,7 @@ from typing import Any
 import torch
 
 from ..io import ImageReadError, UsageError, discover, read_image
+from ..io.discover import read_text_file
 from .quality import image_quality
 
 __all__ = [
@@ -214,13 +215,7 @@ def _no_suffix(rel: PurePosixPath) -> str:
 
 def read_pairs(path) -> list[tuple[str, Path, bool]]:
     """Rows of a pairs file: ``(protected_rel, enrolled path, same)``. Raises :class:`UsageError`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"--pairs file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--pairs file unreadable: {p}: {exc}") from None
+    p, text = read_text_file(path, "--pairs file", UsageError)
     reader = csv.DictReader(text.splitlines())
     fields = [f.strip() for f in (reader.fieldnames or [])]
     if "protected_rel" not in fields or "enrolled_path" not in fields:

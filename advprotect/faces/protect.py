@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..attacks import EOT, Ensemble, budget_map, make_attack
+from ..attacks import EOT, Ensemble, attack_key, budget_map, make_attack
 from ..models.zoo import FACE_MODELS, embedding_distance, face_model_info
 from .detect import FaceDetector
 from .align import _PYRAMID_BELOW
@@ -237,7 +237,7 @@ class FaceProtector:
     def _refinable(self) -> bool:
         """Iterative sign-gradient attacks can continue from a point (not FGSM's single step, not
         CW-L2's own optimiser)."""
-        return self.config.attack.lower().replace("-", "").replace("_", "") not in ("fgsm", "cwl2")
+        return attack_key(self.config.attack) not in ("fgsm", "cwl2")
 
     def _objective(self, terms: dict[str, dict[str, Any]]) -> Callable[[torch.Tensor], torch.Tensor]:
         """The attack's loss: per model, the distance of the (jittered) crops' embedding from the
@@ -273,7 +273,7 @@ class FaceProtector:
     def _attack_kwargs(self) -> dict[str, Any]:
         cfg = self.config
         kw: dict[str, Any] = dict(eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha or cfg.eps / 4)
-        name = cfg.attack.lower().replace("-", "").replace("_", "")
+        name = attack_key(cfg.attack)
         if name in ("mifgsm", "mdifgsm", "tifgsm"):
             kw["decay"] = cfg.decay
         if name in ("difgsm", "mdifgsm", "tifgsm"):

@@ -14,6 +14,19 @@ class UsageError(ValueError):
     The CLI turns it into exit code 2."""
 
 
+def read_text_file(path: str | Path, what: str, error: type[Exception] = ValueError) -> tuple[Path, str]:
+    """``(path, text)`` of a small UTF-8 text file the user named (a labels or pairs CSV; a BOM
+    is dropped). A missing or unreadable file raises ``error`` naming ``what`` (e.g.
+    ``"--labels file"``) and the path."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise error(f"{what} not found: {p}")
+    try:
+        return p, p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} unreadable: {p}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class InputItem:
     """One file to process. ``rel`` is where it goes under OUT (a relative POSIX path).

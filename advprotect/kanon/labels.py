@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path, PurePosixPath
 
+from ..io.discover import read_text_file
+
 __all__ = ["read_labels"]
 
 
@@ -16,13 +18,7 @@ def read_labels(path: str | Path) -> dict[str, str]:
     (faces: a gallery subfolder). An optional header row ``rel,label`` is skipped; blank lines and
     lines starting with ``#`` are ignored. Raises ``ValueError`` naming the line of a bad row.
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ValueError(f"--labels file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"--labels file unreadable: {p}: {exc}") from None
+    p, text = read_text_file(path, "--labels file")
     out: dict[str, str] = {}
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):
         cells = [c.strip() for c in row]

@@ -254,12 +254,9 @@ def convert_dat(files: dict[str, bytes]) -> dict[str, torch.Tensor]:
 def load_dlib_resnet(device: str | torch.device = "cpu") -> DlibResNet:
     """The converted dlib ResNet from the model store, in eval mode on ``device``, with its
     parameters frozen (``requires_grad=False``; gradients still flow to the input)."""
-    from . import registry, store
+    from . import store
 
-    model = DlibResNet()
-    model.load_state_dict(store.load_state_dict(registry.get("dlib-resnet")), strict=True)
-    model.requires_grad_(False)
-    return model.eval().to(device)
+    return store.load_pretrained(DlibResNet(), "dlib-resnet", device)
 
 
 def load_from_dat(path: str | Path) -> DlibResNet:

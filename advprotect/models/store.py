@@ -24,9 +24,11 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 #: Bumped whenever a converter changes its output, so stale caches are rebuilt.
 STORE_FORMAT = 1
@@ -307,6 +309,18 @@ def load_state_dict(spec: ModelSpec, *, allow_download: bool = True) -> dict[str
     """Load the converted weights of ``spec`` (pulling them on first use), weights only."""
     path = pull(spec, allow_download=allow_download)
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_pretrained(model: M, name: str, device: str | torch.device = "cpu", *,
+                    allow_download: bool = True) -> M:
+    """``model`` (our implementation of the architecture) with the converted weights of the
+    registry entry ``name`` loaded strictly, in eval mode, parameters frozen (gradients still
+    reach the input), on ``device``."""
+    from . import registry
+
+    model.load_state_dict(load_state_dict(registry.get(name), allow_download=allow_download), strict=True)
+    model.eval().requires_grad_(False)
+    return model.to(device)
 
 
 def verify(specs: Iterable[ModelSpec]) -> list[dict[str, Any]]:
