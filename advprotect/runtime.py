@@ -72,12 +72,8 @@ def shape_varying(device: torch.device | str | None = None) -> Iterator[None]:
 _LIBC: Any = None
 
 
-def release_free_memory() -> None:
-    """Hand the allocator's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere).
-
-    Called between pipeline batches: the photos and faces of each batch differ in size, so the
-    freed temporaries of one batch leave holes that the next cannot always reuse; without this
-    the peak RSS of a long run creeps up with the folder size (bench/perf/memory.py)."""
+def _glibc() -> Any:
+    """glibc through ctypes, or ``False`` (another libc, another OS)."""
     global _LIBC
     if _LIBC is None:
         _LIBC = False
@@ -86,8 +82,44 @@ def release_free_memory() -> None:
                 import ctypes
 
                 lib = ctypes.CDLL("libc.so.6")
-                _LIBC = lib if hasattr(lib, "malloc_trim") else False
+                _LIBC = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
             except OSError:
                 pass
-    if _LIBC:
-        _LIBC.malloc_trim(0)
+    return _LIBC
+
+
+def release_free_memory() -> None:
+    """Hand the allocator's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere).
+
+    Called between pipeline batches: the photos and faces of each batch differ in size, so the
+    freed temporaries of one batch leave holes that the next cannot always reuse; without this
+    the peak RSS of a long run creeps up with the folder size (bench/perf/memory.py)."""
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)
+
+
+#: glibc ``M_MMAP_THRESHOLD`` for streaming runs (see :func:`configure_allocator`)
+MMAP_THRESHOLD = 4 << 20
+_M_MMAP_THRESHOLD = -3
+
+
+def configure_allocator() -> int | None:
+    """Fix glibc's mmap threshold for a long streaming run; returns the threshold set, or None.
+
+    glibc serves blocks at or above the threshold with their own ``mmap`` (returned to the OS on
+    free) and smaller ones from its heap. By default the threshold *grows* to the size of every
+    mmapped block freed (up to 32 MiB), so after the first batch the multi-MiB tensors of
+    detection and the attack come from the heap, where photos of ever-different sizes fragment
+    it and the peak RSS creeps up with the number of photos. A fixed threshold keeps those blocks
+    out of the heap. ``ADVPROTECT_MMAP_THRESHOLD`` (bytes; ``0`` = leave glibc's default)
+    overrides it. No-op off glibc."""
+    raw = os.environ.get("ADVPROTECT_MMAP_THRESHOLD", str(MMAP_THRESHOLD))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"ADVPROTECT_MMAP_THRESHOLD must be a number of bytes, got {raw!r}") from None
+    lib = _glibc()
+    if value <= 0 or not lib:
+        return None
+    return value if lib.mallopt(_M_MMAP_THRESHOLD, value) == 1 else None

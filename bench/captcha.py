@@ -50,6 +50,11 @@ def main() -> None:
     ap.add_argument("--style", default="noisy")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--eps", type=float, default=None, help="in 1/255 units")
+    ap.add_argument("--surrogates", default=None, help="comma list (default: the protect default)")
+    ap.add_argument("--p", type=float, default=None, help="EOT op probability")
+    ap.add_argument("--eot-samples", type=int, default=None)
+    ap.add_argument("--floor", type=float, default=None)
+    ap.add_argument("--kappa", type=float, default=None)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "captcha.json"))
     args = ap.parse_args()
@@ -57,7 +62,7 @@ def main() -> None:
 
     from advprotect.captcha.generate import CaptchaSpec, generate_batch
     from advprotect.captcha.protect import CaptchaProtectConfig, CaptchaProtector
-    from advprotect.captcha.solvers import BLACK_BOX, CLEANUPS, available, load_solver
+    from advprotect.captcha.solvers import BLACK_BOX, CLEANUPS, available, load_solver, white_box_names
     from advprotect.captcha.train import images_to_tensor
 
     spec = CaptchaSpec(style=args.style)
@@ -69,6 +74,15 @@ def main() -> None:
         cfg.steps = args.steps
     if args.eps:
         cfg.eps = args.eps / 255
+    if args.surrogates:
+        cfg.surrogates = tuple(s.strip() for s in args.surrogates.split(",") if s.strip())
+    for key in ("floor", "kappa"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if args.p is not None:
+        cfg.p = args.p
+    if args.eot_samples:
+        cfg.eot_samples = args.eot_samples
     protector = CaptchaProtector(cfg.validate(), "cpu")
     t0 = time.perf_counter()
     x_adv, infos = protector.protect(x, texts)
@@ -77,7 +91,7 @@ def main() -> None:
     prot = [_png_roundtrip(_pil(im)) for im in x_adv]
 
     solvers = {}
-    for name in [*BLACK_BOX, "crnn", "fcn", "cnn"]:
+    for name in [*BLACK_BOX, *white_box_names()]:
         if name in BLACK_BOX and not available(name):
             solvers[name] = {"available": False}
             continue
@@ -93,7 +107,7 @@ def main() -> None:
 
     ssim = [i["ssim"] for i in infos]
     dd = solvers.get("ddddocr", {})
-    sur = [solvers[n]["protected_best_cleanup"] for n in ("crnn", "fcn", "cnn")]
+    sur = [solvers[n]["protected_best_cleanup"] for n in cfg.surrogates]
     result = {
         "bench": "captcha",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -464,3 +464,21 @@ def test_kill_9_mid_run_then_resume(tmp_path):
         assert np.array_equal(np.asarray(Image.open(out / rel)), np.asarray(Image.open(src / rel)))
     assert not temp_files(out)
     assert C.hash_tree(src) == before
+
+
+# ------------------------------------------------------------------ allocator settings (#9)
+def test_configure_allocator(monkeypatch):
+    import sys as _sys
+
+    from advprotect import runtime
+
+    monkeypatch.setenv("ADVPROTECT_MMAP_THRESHOLD", "0")
+    assert runtime.configure_allocator() is None            # 0: glibc's own default kept
+    monkeypatch.setenv("ADVPROTECT_MMAP_THRESHOLD", "lots")
+    with pytest.raises(ValueError, match="ADVPROTECT_MMAP_THRESHOLD must be a number of bytes"):
+        runtime.configure_allocator()
+    monkeypatch.delenv("ADVPROTECT_MMAP_THRESHOLD")
+    got = runtime.configure_allocator()
+    if _sys.platform.startswith("linux") and runtime._glibc():
+        assert got == runtime.MMAP_THRESHOLD
+    runtime.release_free_memory()                            # safe to call anywhere

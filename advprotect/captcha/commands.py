@@ -38,7 +38,7 @@ from ..cli import (  # noqa: E402
 # -------------------------------------------------------------------- shared attack options
 EPS_OPT = typer.Option("8/255", "--eps", help="L-inf budget per pixel, e.g. 8/255 (values > 1 are in 1/255 units).")
 STEPS_OPT = typer.Option(40, "--steps", min=1, help="Attack iterations (more: stronger against unseen solvers, slower).")
-SURR_OPT = typer.Option("crnn,fcn,cnn", "--surrogates", help="White-box solvers attacked together: crnn (CTC), fcn (CTC), cnn (per position).")
+SURR_OPT = typer.Option("crnn,fcn,cnn,dddd", "--surrogates", help="White-box solvers attacked together: crnn (CTC), fcn (CTC), cnn (per position), dddd (ddddocr's separately trained beta network; its weights come from the pinned ddddocr wheel on first use).")
 PRE_OPT = typer.Option("jpeg,resize,median,blur,binarize", "--preprocess", help="Solver clean-ups simulated (differentiably) while optimising; '' for none.")
 EOT_OPT = typer.Option(2, "--eot-samples", min=1, help="Random clean-up chains averaged per step.")
 MASK_OPT = typer.Option("texture", "--mask", help="texture: less change on flat background (keeps SSIM high); none: full eps everywhere.")
@@ -88,7 +88,7 @@ def generate(
     out: str = typer.Option(..., "--out", "-o", help="Output folder (created; must be empty unless --overwrite)."),
     length: str = typer.Option("4-6", "--length", help="Answer length N or MIN-MAX (1..8)."),
     charset: Optional[str] = typer.Option(None, "--charset", help="Characters to draw answers from: ASCII letters and digits (default: lower-case letters and digits without look-alikes). Solvers compare case-insensitively."),
-    style: str = typer.Option("noisy", "--style", help="Look: noisy (default: distorted characters, dots, pixel noise; the noise leaves room for a stronger protection at SSIM >= 0.9), plain (distorted characters only), lines (+ arc and lines through the text)."),
+    style: str = typer.Option("noisy", "--style", help="Look: noisy (default: distorted characters, dots, pixel noise; the noise leaves room for a stronger protection at SSIM >= 0.9), plain (distorted characters only), lines (+ arc and lines through the text), grain (plain on a grainy background: readers read it like plain, the protection costs less SSIM)."),
     width: int = typer.Option(160, "--width", min=40, max=1024, help="Image width in pixels."),
     height: int = typer.Option(60, "--height", min=20, max=512, help="Image height in pixels."),
     font: Optional[list[str]] = typer.Option(None, "--font", help="Extra TrueType font file (repeatable)."),

@@ -4,9 +4,11 @@ Options (``--labels`` and ``--set key=value``):
 
 * ``labels``: ``labels.csv`` of the CAPTCHAs (``file,answer`` or hashed ``file,salt,sha256``;
   ``file`` relative to the ``--original`` folder, which is also the ``--protected`` one's layout);
-* ``solvers``: comma-separated, from ``ddddocr``, ``tesseract``, ``crnn``, ``fcn``, ``cnn``
-  (default: every surrogate plus the black-box solvers that are installed; a named black-box
-  solver that is not installed is a usage error);
+* ``solvers``: comma-separated, from ``ddddocr``, ``tesseract``, ``crnn``, ``fcn``, ``cnn``,
+  ``dddd`` (default: our three surrogates plus the black-box solvers that are installed, and
+  ``dddd`` when ddddocr is; a named black-box solver that is not installed is a usage error).
+  ``ddddocr`` is the package's default network, ``dddd`` our port of its separately trained beta
+  network (a white-box surrogate of the attack);
 * ``cleanups``: the bot's clean-ups applied before solving, from ``none``, ``median3`` (3x3 median
   filter) and ``jpeg75`` (JPEG quality 75) (default: all three).
 
@@ -37,7 +39,7 @@ from ..evaluate.command import EvalContext, PairItem, register_evaluator
 from ..io import UsageError
 from .labels import read_labels
 from .models import SURROGATES
-from .solvers import BLACK_BOX, CLEANUPS, available, load_solver
+from .solvers import BLACK_BOX, CLEANUPS, available, load_solver, white_box_names
 
 __all__ = ["CaptchaEvaluator"]
 
@@ -60,10 +62,13 @@ class CaptchaEvaluator:
         if names:
             self.names = [s.strip() for s in str(names).split(",") if s.strip()]
         else:
-            self.names = [*(b for b in BLACK_BOX if available(b)), *SURROGATES]
-        bad = [s for s in self.names if s not in (*BLACK_BOX, *SURROGATES)]
+            # ddddocr's beta network (dddd) comes with the same extra as ddddocr itself
+            self.names = [*(b for b in BLACK_BOX if available(b)), *SURROGATES,
+                          *(["dddd"] if available("ddddocr") else [])]
+        valid = [*BLACK_BOX, *white_box_names()]
+        bad = [s for s in self.names if s not in valid]
         if bad or not self.names:
-            raise UsageError(f"unknown solver(s) {', '.join(bad) or '(none)'}; valid: {', '.join([*BLACK_BOX, *SURROGATES])}")
+            raise UsageError(f"unknown solver(s) {', '.join(bad) or '(none)'}; valid: {', '.join(valid)}")
         cl = options.get("cleanups")
         self.cleanups = [c.strip() for c in str(cl).split(",") if c.strip()] if cl else list(CLEANUPS)
         bad = [c for c in self.cleanups if c not in CLEANUPS]
@@ -102,7 +107,7 @@ class CaptchaEvaluator:
                     for it, o in zip(self.items, ok):
                         rows[it[0]][f"{name}_{side}_{cu}"] = int(o)
                     rates[side][cu] = round(sum(ok) / n, 4) if n else None
-            solvers[name] = {**rates, "white_box": name in SURROGATES}
+            solvers[name] = {**rates, "white_box": name in white_box_names()}
             if n:
                 best = max(self.cleanups, key=lambda c: rates["protected"][c])
                 models[name] = {"mean_asr": round(1 - rates["protected"][best], 4),

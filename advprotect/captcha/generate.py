@@ -17,6 +17,10 @@ Styles (``--style``):
     the package's distortion, its noise dots, and light Gaussian pixel noise.
 ``lines``
     milder distortion, the package's noise arc and two to three straight lines through the text.
+``grain``
+    the ``plain`` drawing on a grainy, paper-like background (grey film grain, sigma 9/255).
+    Readers and people see a plain CAPTCHA; the grain gives the protection room: a change on a
+    textured background costs far less SSIM than the same change on a flat one.
 
 Fonts: the package's DroidSansMono and Pillow's built-in Aileron (both ship with pip wheels, so
 every install renders the same); ``fonts=`` adds TrueType files.
@@ -51,7 +55,7 @@ __all__ = [
 ALPHABET = string.digits + string.ascii_lowercase
 #: default characters: lower-case letters and digits without the look-alikes 0/o, 1/l/i, 9/g
 DEFAULT_CHARSET = "2345678abcdefhjkmnpqrstuvwxyz"
-STYLES = ("plain", "noisy", "lines")
+STYLES = ("plain", "noisy", "lines", "grain")
 
 _LOCK = threading.Lock()
 
@@ -167,7 +171,7 @@ class _Renderer:
         cap = ImageCaptcha(width=spec.width, height=spec.height, fonts=list(ci.DEFAULT_FONTS), font_sizes=sizes)
         cap._truefonts = fonts  # the package's cache of loaded fonts: ours, same sizes
         cap.word_offset_dx = 0.1  # less overlap between neighbours than the package's 0.25
-        if spec.style in ("plain", "lines"):
+        if spec.style in ("plain", "lines", "grain"):
             cap.character_rotate = (-20, 20)
             cap.character_warp_dx = (0.1, 0.2)
             cap.character_warp_dy = (0.1, 0.2)
@@ -196,6 +200,10 @@ class _Renderer:
             arr = np.asarray(im, dtype=np.float32)
             noise = np.random.default_rng(rng.getrandbits(63)).normal(0.0, 10.0, arr.shape)
             im = Image.fromarray(np.clip(arr + noise, 0, 255).round().astype(np.uint8))
+        elif style == "grain":
+            arr = np.asarray(im, dtype=np.float32)
+            grain = np.random.default_rng(rng.getrandbits(63)).normal(0.0, 9.0, arr.shape[:2])
+            im = Image.fromarray(np.clip(arr + grain[..., None], 0, 255).round().astype(np.uint8))
         return im
 
 

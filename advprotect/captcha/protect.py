@@ -7,9 +7,10 @@ The three components the paper names, each plugged into the shared attack engine
   margin objective for the CTC surrogates (:class:`~advprotect.captcha.ctc_objective.CTCObjective`)
   and a per-position margin objective for the per-position one
   (:class:`~advprotect.captcha.position_objective.PositionObjective`);
-* **ensemble**: the surrogates of different architectures (``crnn``, ``fcn``, ``cnn``) combined
-  with :class:`advprotect.attacks.Ensemble`, so the perturbation transfers to solvers we do not
-  have (ddddocr, Tesseract);
+* **ensemble**: the surrogates of different architectures (``crnn``, ``fcn``, ``cnn``, and
+  ``dddd``, a public pretrained solver: :mod:`advprotect.captcha.dddd`) combined with
+  :class:`advprotect.attacks.Ensemble`, so the perturbation transfers to solvers it does not
+  see (ddddocr's default network, Tesseract);
 * **differentiable approximation** of the solver's preprocessing (grey, steep-sigmoid
   binarisation, median and Gaussian filtering, resize, JPEG): a random chain of
   :class:`~advprotect.captcha.preprocess.SolverPreprocess` is the engine's EOT transform.
@@ -36,9 +37,9 @@ from ..attacks import Attack, Ensemble
 from ..attacks.base import check_int, check_range
 from ..attacks.eot import jpeg
 from .ctc_objective import CTCObjective
-from .models import SURROGATES, load_surrogates
 from .position_objective import PositionObjective
 from .preprocess import OPS, SolverPreprocess, median3
+from .solvers import load_white_box, white_box_names
 
 __all__ = ["CaptchaProtectConfig", "CaptchaProtector", "solver_views", "ssim_per_image", "texture_budget"]
 
@@ -50,7 +51,8 @@ class CaptchaProtectConfig:
     eps: L-inf budget in (0, 1] (default 8/255). steps: attack iterations. alpha: step size
     (default eps / 6). decay: momentum (MI, 1.0; 0 = off). diversity_prob: input diversity
     (DI; default 0 = off: it weakened the white-box result and did not help transfer here). kernel_size: TI gradient smoothing kernel (odd; 1 = off). Together:
-    the engine's M-DI(-TI)-FGSM. surrogates: white-box models.
+    the engine's M-DI(-TI)-FGSM. surrogates: white-box models (our crnn, fcn, cnn and dddd,
+    the port of ddddocr's beta network: by far the strongest lever on the black-box ddddocr).
     weights: ensemble weighting (uniform | adaptive). preprocess: solver ops drawn in the EOT chain
     (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p: probability of each op per
     draw. eot_samples: gradient draws per step. kappa: per-position margin. mask: texture (less
@@ -65,7 +67,7 @@ class CaptchaProtectConfig:
     decay: float = 1.0
     diversity_prob: float = 0.0
     kernel_size: int = 1
-    surrogates: tuple[str, ...] = ("crnn", "fcn", "cnn")
+    surrogates: tuple[str, ...] = ("crnn", "fcn", "cnn", "dddd")
     weights: str = "uniform"
     preprocess: str = "jpeg,resize,median,blur,binarize"
     p: float = 0.35
@@ -84,11 +86,12 @@ class CaptchaProtectConfig:
             check_range("alpha", self.alpha, 0.0, 1.0, lo_open=True)
         Attack(eps=self.eps, steps=self.steps, decay=self.decay, diversity_prob=self.diversity_prob,
                kernel_size=self.kernel_size)
+        valid = white_box_names()
         if not self.surrogates:
-            raise ValueError(f"at least one surrogate is needed; valid: {', '.join(SURROGATES)}")
-        bad = [s for s in self.surrogates if s not in SURROGATES]
+            raise ValueError(f"at least one surrogate is needed; valid: {', '.join(valid)}")
+        bad = [s for s in self.surrogates if s not in valid]
         if bad:
-            raise ValueError(f"unknown surrogate(s) {', '.join(bad)}; valid: {', '.join(SURROGATES)}")
+            raise ValueError(f"unknown surrogate(s) {', '.join(bad)}; valid: {', '.join(valid)}")
         if self.weights not in ("uniform", "adaptive"):
             raise ValueError(f"weights must be uniform or adaptive, got {self.weights!r}")
         ops = [o.strip() for o in self.preprocess.split(",") if o.strip()]
@@ -147,7 +150,7 @@ class CaptchaProtector:
                  weights_folder: str | None = None) -> None:
         self.config = (config or CaptchaProtectConfig()).validate()
         self.device = torch.device(device)
-        self.models = load_surrogates(self.config.surrogates, self.device, weights_folder)
+        self.models = load_white_box(self.config.surrogates, self.device, weights_folder)
 
     @torch.no_grad()
     def read(self, x: Tensor) -> dict[str, dict[str, list[str]]]:

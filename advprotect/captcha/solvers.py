@@ -4,7 +4,9 @@
   (an ONNX CTC model); optional: :func:`available` tells whether it imports.
 * ``tesseract``: the classic OCR engine through ``pytesseract`` when both are installed (PSM 7,
   one text line, letters and digits only).
-* the surrogates (``crnn``, ``fcn``, ``cnn``) as solvers too, for the same measurements.
+* the white-box surrogates (``crnn``, ``fcn``, ``cnn`` and ``dddd``, our port of ddddocr's
+  separately trained *beta* network) as solvers too, for the same measurements. ``ddddocr``
+  here is always the package's *default* network, which the attack never sees.
 
 A solver maps a list of RGB :class:`PIL.Image.Image` to answers. Answers are compared
 case-insensitively after dropping anything that is not a letter or a digit (:func:`normalize`).
@@ -21,7 +23,8 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageFilter
 
-__all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "load_solver", "normalize"]
+__all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "load_solver", "load_white_box", "normalize",
+           "white_box_names"]
 
 Solver = Callable[[Sequence[Image.Image]], list[str]]
 BLACK_BOX = ("ddddocr", "tesseract")
@@ -94,13 +97,33 @@ def _tesseract() -> Solver:
     return solve
 
 
+def white_box_names() -> tuple[str, ...]:
+    """Solvers whose gradients the attack can use: our trained surrogates (``crnn``, ``fcn``,
+    ``cnn``) and ``dddd``, the port of ddddocr's separately trained beta network."""
+    from .dddd import DDDD_NAME
+    from .models import SURROGATES
+
+    return (*SURROGATES, DDDD_NAME)
+
+
+def load_white_box(names, device="cpu", folder=None) -> dict:
+    """``{name: model}`` (eval mode, on ``device``) for white-box solver ``names``; ``folder``
+    overrides the shipped weights of our own surrogates. ``ValueError`` for an unknown name."""
+    from .dddd import DDDD_NAME, load_dddd
+    from .models import load_surrogates
+
+    bad = [n for n in names if n not in white_box_names()]
+    if bad:
+        raise ValueError(f"unknown surrogate(s) {', '.join(bad)}; valid: {', '.join(white_box_names())}")
+    own = load_surrogates([n for n in names if n != DDDD_NAME], device, folder)
+    return {n: (load_dddd(device) if n == DDDD_NAME else own[n]) for n in names}
+
+
 def _surrogate(name: str, device: str) -> Solver:
     import numpy as np
     import torch
 
-    from .models import load_surrogate
-
-    model = load_surrogate(name, device)
+    model = load_white_box([name], device)[name]
 
     def solve(images):
         out: list[str] = []
@@ -114,14 +137,13 @@ def _surrogate(name: str, device: str) -> Solver:
 
 
 def load_solver(name: str, device: str = "cpu") -> Solver:
-    """A solver by name: ``ddddocr``, ``tesseract`` or a surrogate (``crnn``, ``fcn``, ``cnn``).
-    Raises ``ValueError`` for an unknown name or a black-box solver that is not installed."""
-    from .models import SURROGATES
-
-    if name in SURROGATES:
+    """A solver by name: ``ddddocr``, ``tesseract`` or a white-box surrogate (``crnn``, ``fcn``,
+    ``cnn``, ``dddd``). Raises ``ValueError`` for an unknown name or a black-box solver that is
+    not installed."""
+    if name in white_box_names():
         return _surrogate(name, device)
     if name not in BLACK_BOX:
-        raise ValueError(f"unknown solver {name!r}; valid: {', '.join([*BLACK_BOX, *SURROGATES])}")
+        raise ValueError(f"unknown solver {name!r}; valid: {', '.join([*BLACK_BOX, *white_box_names()])}")
     if not available(name):
         hint = ("pip install 'advprotect[captcha]'" if name == "ddddocr"
                 else "apt-get install tesseract-ocr and pip install pytesseract")

