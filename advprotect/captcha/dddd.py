@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .generate import ALPHABET
+from .preprocess import luma
 
 __all__ = ["DDDD_NAME", "HEIGHT", "DdddNet", "convert_onnx", "load_dddd", "read_onnx"]
 
@@ -224,11 +225,7 @@ class DdddNet(nn.Module):
     @staticmethod
     def to_input(x: Tensor) -> Tensor:
         """``(B, 3|1, H, W)`` in [0, 1] -> grey ``(B, 1, 64, W * 64 / H)`` in [0, 1]."""
-        if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected images (B, 3 or 1, H, W), got {tuple(x.shape)}")
-        if x.shape[1] == 3:
-            w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-            x = (x * w).sum(dim=1, keepdim=True)
+        x = luma(x)
         h, w_ = x.shape[-2:]
         if h != HEIGHT:
             size = (HEIGHT, max(8, int(w_ * HEIGHT / h)))

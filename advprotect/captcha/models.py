@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .generate import ALPHABET
+from .preprocess import luma
 
 __all__ = [
     "INPUT_SIZE",
@@ -70,11 +71,7 @@ def decode(indices) -> str:
 
 def to_model_input(x: Tensor) -> Tensor:
     """``(B, 3|1, H, W)`` in [0, 1] -> grey ``(B, 1, 64, 160)`` in [-1, 1] (differentiable)."""
-    if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected images (B, 3 or 1, H, W), got {tuple(x.shape)}")
-    if x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x * w).sum(dim=1, keepdim=True)
+    x = luma(x)
     if tuple(x.shape[-2:]) != INPUT_SIZE:
         x = F.interpolate(x, size=INPUT_SIZE, mode="bilinear", align_corners=False)
     return x * 2 - 1

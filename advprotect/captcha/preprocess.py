@@ -36,6 +36,7 @@ __all__ = [
     "down_up",
     "gaussian",
     "grayscale",
+    "luma",
     "median3",
     "otsu_threshold",
     "soft_binarize",
@@ -52,6 +53,13 @@ def _luma(x: Tensor) -> Tensor:
         return x
     w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(dim=1, keepdim=True)
+
+
+def luma(x: Tensor) -> Tensor:
+    """Grey ``(B, 1, H, W)`` of ``(B, 3|1, H, W)`` images (ITU-R BT.601 luma, as Pillow's
+    ``convert("L")``; a grey input is returned as it is). ``ValueError`` for another shape."""
+    _check(x)
+    return _luma(x)
 
 
 def grayscale(x: Tensor) -> Tensor:
