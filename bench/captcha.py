@@ -76,13 +76,9 @@ def main() -> None:
         cfg.eps = args.eps / 255
     if args.surrogates:
         cfg.surrogates = tuple(s.strip() for s in args.surrogates.split(",") if s.strip())
-    for key in ("floor", "kappa"):
+    for key in ("floor", "kappa", "p", "eot_samples"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
-    if args.p is not None:
-        cfg.p = args.p
-    if args.eot_samples:
-        cfg.eot_samples = args.eot_samples
     protector = CaptchaProtector(cfg.validate(), "cpu")
     t0 = time.perf_counter()
     x_adv, infos = protector.protect(x, texts)

@@ -37,6 +37,7 @@ from PIL import Image
 
 from ..evaluate.command import EvalContext, PairItem, register_evaluator
 from ..io import UsageError
+from .dddd import DDDD_NAME
 from .labels import read_labels
 from .models import SURROGATES
 from .solvers import BLACK_BOX, CLEANUPS, available, load_solver, white_box_names
@@ -64,7 +65,7 @@ class CaptchaEvaluator:
         else:
             # ddddocr's beta network (dddd) comes with the same extra as ddddocr itself
             self.names = [*(b for b in BLACK_BOX if available(b)), *SURROGATES,
-                          *(["dddd"] if available("ddddocr") else [])]
+                          *([DDDD_NAME] if available("ddddocr") else [])]
         valid = [*BLACK_BOX, *white_box_names()]
         bad = [s for s in self.names if s not in valid]
         if bad or not self.names:
