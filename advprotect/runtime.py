@@ -112,8 +112,10 @@ def configure_allocator() -> int | None:
     mmapped block freed (up to 32 MiB), so after the first batch the multi-MiB tensors of
     detection and the attack come from the heap, where photos of ever-different sizes fragment
     it and the peak RSS creeps up with the number of photos. A fixed threshold keeps those blocks
-    out of the heap. ``ADVPROTECT_MMAP_THRESHOLD`` (bytes; ``0`` = leave glibc's default)
-    overrides it. No-op off glibc."""
+    out of the heap. The price: each such block is a fresh ``mmap`` whose pages the kernel zeroes,
+    3-10% fewer faces/s in ``bench/run.py``; the attack-step benchmarks (floor, peer ratio) do not
+    run the pipeline. ``ADVPROTECT_MMAP_THRESHOLD`` (bytes; ``0`` = leave glibc's default, the
+    faster choice where memory is not tight) overrides it. No-op off glibc."""
     raw = os.environ.get("ADVPROTECT_MMAP_THRESHOLD", str(MMAP_THRESHOLD))
     try:
         value = int(raw)

@@ -62,7 +62,7 @@ def main() -> None:
 
     from advprotect.captcha.generate import CaptchaSpec, generate_batch
     from advprotect.captcha.protect import CaptchaProtectConfig, CaptchaProtector
-    from advprotect.captcha.solvers import BLACK_BOX, CLEANUPS, available, load_solver, white_box_names
+    from advprotect.captcha.solvers import BLACK_BOX, CLEANUPS, available, is_white_box, load_solver, white_box_names
     from advprotect.captcha.train import images_to_tensor
 
     spec = CaptchaSpec(style=args.style)
@@ -92,7 +92,7 @@ def main() -> None:
             solvers[name] = {"available": False}
             continue
         solve = load_solver(name)
-        res: dict = {"available": True, "white_box": name not in BLACK_BOX, "clean": {}, "protected": {}}
+        res: dict = {"available": True, "white_box": is_white_box(name), "clean": {}, "protected": {}}
         for side, imgs in (("clean", clean), ("protected", prot)):
             for cu, f in CLEANUPS.items():
                 answers = solve([f(im) for im in imgs])

@@ -29,6 +29,7 @@ from advprotect.captcha.position_objective import PositionObjective
 from advprotect.captcha.preprocess import (
     SolverPreprocess,
     gaussian,
+    lanczos_resize,
     median3,
     otsu_threshold,
     soft_binarize,
@@ -153,6 +154,31 @@ class TestPreprocess:
         assert torch.autograd.gradcheck(lambda v: soft_binarize(v, 10.0, threshold=0.5), (x,))
         assert torch.autograd.gradcheck(lambda v: gaussian(v, 0.8), (x,))
         assert torch.autograd.gradcheck(median3, (x,))  # distinct values: no ties
+
+    @pytest.mark.parametrize("size", [(64, 170), (30, 80), (60, 160), (97, 211)])
+    def test_lanczos_matches_pillow(self, size):
+        from PIL import Image
+
+        # real CAPTCHAs (sharp strokes: Lanczos overshoots, which Pillow clips after each pass)
+        ims = [im for _, im in generate_batch(2, CaptchaSpec(style="lines"), seed=5)]
+        x = images_to_tensor(ims).double()
+        ours = lanczos_resize(x, size)
+        assert ours.shape == (2, 3, *size)
+        ref = np.stack([np.asarray(im.resize(size[::-1], Image.LANCZOS)) for im in ims])
+        diff = np.abs(ours.permute(0, 2, 3, 1).numpy() * 255 - ref)
+        assert diff.max() <= 1.5                 # Pillow rounds to 8 bits after each pass
+
+    def test_lanczos_known_values_and_errors(self):
+        x = torch.rand(1, 2, 7, 9, dtype=torch.float64)
+        assert torch.allclose(lanczos_resize(x, (7, 9)), x)          # same size: identity
+        flat = torch.full((1, 1, 10, 10), 0.4, dtype=torch.float64)
+        assert torch.allclose(lanczos_resize(flat, (23, 4)), torch.full((1, 1, 23, 4), 0.4, dtype=torch.float64))
+        v = torch.rand(1, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: lanczos_resize(t * 0.5 + 0.25, (8, 4)), (v,))
+        with pytest.raises(ValueError, match="positive"):
+            lanczos_resize(x, (0, 5))
+        with pytest.raises(ValueError, match="expected images"):
+            lanczos_resize(torch.rand(7, 9), (3, 3))
 
     def test_chain_shape_and_errors(self):
         pre = SolverPreprocess(p=1.0, samples=3)

@@ -138,6 +138,41 @@ class TestParity:
                 assert ours.shape == ref.shape
                 assert np.abs(ours - ref).max() < 1e-3 * np.abs(ref).max()
 
+    def test_input_is_what_ddddocr_feeds(self):
+        """to_input = ddddocr's preprocessing (Pillow Lanczos resize to height 64, then grey)."""
+        from PIL import Image
+
+        ims = [im for _, im in generate_batch(3, CaptchaSpec(style="noisy"), seed=12)]
+        ours = DdddNet.to_input(images_to_tensor(ims).double())[:, 0].numpy() * 255
+        ref = np.stack([np.asarray(im.resize((170, 64), Image.LANCZOS).convert("L"), dtype=np.float64) for im in ims])
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() <= 2.0      # Pillow's 8-bit rounding: resize, then grey
+
+    def test_port_reads_like_the_package(self):
+        """End to end: our port (``dddd``) and the package running the same network
+        (``ddddocr-beta``: its own Pillow preprocessing and onnxruntime) give the same answers.
+
+        The package picks the best of all 8,210 classes and drops what is not a letter or digit;
+        the port picks the best letter or digit. So the two agree wherever the package's raw
+        answer is letters and digits only (10 of these 12; elsewhere it reads e.g. ``)yx>``)."""
+        import contextlib
+        import os
+
+        import ddddocr
+
+        from advprotect.captcha.solvers import is_white_box, load_solver, normalize
+
+        ims = [im for _, im in generate_batch(12, CaptchaSpec(style="grain"), seed=21)]
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            package = ddddocr.DdddOcr(show_ad=False, beta=True)
+        raw = [package.classification(im) for im in ims]
+        ours = load_solver("dddd")(ims)
+        pairs = [(a, r.lower()) for a, r in zip(ours, raw) if r.isascii() and r.isalnum()]
+        assert len(pairs) >= 8, raw
+        assert all(a == r for a, r in pairs), pairs
+        assert load_solver("ddddocr-beta")(ims[:2]) == [normalize(r) for r in raw[:2]]
+        assert is_white_box("ddddocr-beta") and not is_white_box("ddddocr")
+
     def test_reads_clean_captchas(self):
         model = load_white_box(["dddd"])["dddd"]
         batch = generate_batch(24, CaptchaSpec(style="plain"), seed=3)

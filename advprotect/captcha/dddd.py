@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .generate import ALPHABET
-from .preprocess import luma
+from .preprocess import lanczos_resize, luma
 
 __all__ = ["DDDD_NAME", "HEIGHT", "DdddNet", "convert_onnx", "load_dddd", "read_onnx"]
 
@@ -224,13 +224,16 @@ class DdddNet(nn.Module):
 
     @staticmethod
     def to_input(x: Tensor) -> Tensor:
-        """``(B, 3|1, H, W)`` in [0, 1] -> grey ``(B, 1, 64, W * 64 / H)`` in [0, 1]."""
-        x = luma(x)
+        """``(B, 3|1, H, W)`` in [0, 1] -> grey ``(B, 1, 64, int(W * 64 / H))`` in [0, 1].
+
+        ddddocr's own order: a Pillow Lanczos resize of the colour image to height 64, then the
+        luma (:func:`~advprotect.captcha.preprocess.lanczos_resize`, exact up to 8-bit rounding;
+        a bilinear resize instead shifts the solver's input by up to 4/255 and the attack
+        optimises through a preprocessing the solver does not run)."""
         h, w_ = x.shape[-2:]
         if h != HEIGHT:
-            size = (HEIGHT, max(8, int(w_ * HEIGHT / h)))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=h > HEIGHT)
-        return x
+            x = lanczos_resize(x, (HEIGHT, max(8, int(w_ * HEIGHT / h))))
+        return luma(x)
 
     def raw_logits(self, x: Tensor) -> Tensor:
         """Scores of the kept classes ``(B, T, K)``."""

@@ -4,11 +4,12 @@ Options (``--labels`` and ``--set key=value``):
 
 * ``labels``: ``labels.csv`` of the CAPTCHAs (``file,answer`` or hashed ``file,salt,sha256``;
   ``file`` relative to the ``--original`` folder, which is also the ``--protected`` one's layout);
-* ``solvers``: comma-separated, from ``ddddocr``, ``tesseract``, ``crnn``, ``fcn``, ``cnn``,
-  ``dddd`` (default: our three surrogates plus the black-box solvers that are installed, and
-  ``dddd`` when ddddocr is; a named black-box solver that is not installed is a usage error).
-  ``ddddocr`` is the package's default network, ``dddd`` our port of its separately trained beta
-  network (a white-box surrogate of the attack);
+* ``solvers``: comma-separated, from ``ddddocr``, ``ddddocr-beta``, ``tesseract``, ``crnn``,
+  ``fcn``, ``cnn``, ``dddd`` (default: our three surrogates plus the package solvers that are
+  installed, and ``dddd`` when ddddocr is; a named package solver that is not installed is a
+  usage error). ``ddddocr`` is the package's default network (black box); ``dddd`` is our port of
+  its separately trained beta network (a white-box surrogate of the attack) and ``ddddocr-beta``
+  the package running that same beta network (``white_box: true``);
 * ``cleanups``: the bot's clean-ups applied before solving, from ``none``, ``median3`` (3x3 median
   filter) and ``jpeg75`` (JPEG quality 75) (default: all three).
 
@@ -40,7 +41,7 @@ from ..io import UsageError
 from .dddd import DDDD_NAME
 from .labels import read_labels
 from .models import SURROGATES
-from .solvers import BLACK_BOX, CLEANUPS, available, load_solver, white_box_names
+from .solvers import BLACK_BOX, CLEANUPS, available, is_white_box, load_solver, white_box_names
 
 __all__ = ["CaptchaEvaluator"]
 
@@ -108,7 +109,7 @@ class CaptchaEvaluator:
                     for it, o in zip(self.items, ok):
                         rows[it[0]][f"{name}_{side}_{cu}"] = int(o)
                     rates[side][cu] = round(sum(ok) / n, 4) if n else None
-            solvers[name] = {**rates, "white_box": name in white_box_names()}
+            solvers[name] = {**rates, "white_box": is_white_box(name)}
             if n:
                 best = max(self.cleanups, key=lambda c: rates["protected"][c])
                 models[name] = {"mean_asr": round(1 - rates["protected"][best], 4),

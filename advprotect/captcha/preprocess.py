@@ -12,6 +12,8 @@ shape never changes) and is differentiable with respect to the image:
 * :func:`median3`: 3x3 median filter; the median is an order statistic, so the gradient flows to
   the selected pixel of each window (a straight-through subgradient, exact almost everywhere);
 * :func:`gaussian` (kornia's Gaussian blur), :func:`down_up` (bilinear resize down and back);
+* :func:`lanczos_resize`: Pillow's ``Image.resize(..., LANCZOS)`` as two matrix products (what
+  ddddocr does to every image first);
 * JPEG: kornia's differentiable JPEG (:func:`advprotect.attacks.eot.jpeg`).
 
 :class:`SolverPreprocess` draws a random chain of them per call (JPEG -> resize -> median ->
@@ -36,6 +38,7 @@ __all__ = [
     "down_up",
     "gaussian",
     "grayscale",
+    "lanczos_resize",
     "luma",
     "median3",
     "otsu_threshold",
@@ -134,6 +137,59 @@ def down_up(x: Tensor, scale: float = 0.75) -> Tensor:
     sh, sw = max(8, round(h * s)), max(8, round(w * s))
     small = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False, antialias=True)
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _lanczos3(t: Tensor) -> Tensor:
+    """Lanczos window with a = 3: ``sinc(t) * sinc(t / 3)`` on ``|t| < 3``, 0 elsewhere."""
+    return torch.where(t.abs() < 3, torch.sinc(t) * torch.sinc(t / 3), torch.zeros_like(t))
+
+
+def _lanczos_matrix(n_in: int, n_out: int) -> Tensor:
+    """``(n_out, n_in)`` resampling weights of a Lanczos-3 resize, float64.
+
+    The convention of Pillow's resampler: output sample ``i`` is centred at input coordinate
+    ``(i + 0.5) * s`` with ``s = n_in / n_out``; when shrinking the kernel is stretched by ``s``
+    (antialiasing); input pixels within the support ``3 * max(s, 1)`` of the centre (clipped to
+    the image) get ``lanczos3((j - centre + 0.5) / max(s, 1))``, and each row is normalised to
+    sum 1 (so the borders renormalise instead of padding)."""
+    s = n_in / n_out
+    fs = max(s, 1.0)
+    support = 3.0 * fs
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        c = (i + 0.5) * s
+        lo = max(int(c - support + 0.5), 0)
+        hi = min(int(c + support + 0.5), n_in)
+        j = torch.arange(lo, hi, dtype=torch.float64)
+        w = _lanczos3((j - c + 0.5) / fs)
+        m[i, lo:hi] = w / w.sum()
+    return m
+
+
+_LANCZOS_CACHE: dict[tuple[int, int], Tensor] = {}
+
+
+def lanczos_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize ``(B, C, H, W)`` images in [0, 1] to ``size = (h, w)`` as Pillow's ``LANCZOS``
+    filter does on 8-bit images (separable Lanczos-3, antialiased when shrinking), differentiably.
+
+    Like Pillow, the width is resampled first and the result clipped to [0, 1] (Pillow stores the
+    intermediate image in 8 bits), then the height, clipped again: ``clip(R_h @ clip(x @ R_w^T))``.
+    Matches ``Image.resize((w, h), Image.LANCZOS)`` up to Pillow's rounding to 8 bits after each
+    pass (under 1.5/255 in all). ``ValueError`` for a non-positive size."""
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        raise ValueError(f"expected images (B, C, H, W), got {getattr(x, 'shape', type(x).__name__)}")
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be positive, got {tuple(size)}")
+    mats = []
+    for n_in, n_out in ((x.shape[-1], w), (x.shape[-2], h)):
+        if (n_in, n_out) not in _LANCZOS_CACHE:
+            _LANCZOS_CACHE[(n_in, n_out)] = _lanczos_matrix(n_in, n_out)
+        mats.append(_LANCZOS_CACHE[(n_in, n_out)].to(device=x.device, dtype=x.dtype))
+    rw, rh = mats
+    x = torch.matmul(x, rw.transpose(0, 1)).clamp(0, 1)
+    return torch.matmul(rh, x).clamp(0, 1)
 
 
 #: the chain's order and the parameter range drawn for each op

@@ -2,6 +2,10 @@
 
 * ``ddddocr`` (PyPI ``ddddocr==1.6.1``, extra ``captcha``): the most used open CAPTCHA solver
   (an ONNX CTC model); optional: :func:`available` tells whether it imports.
+* ``ddddocr-beta``: the same package with ``beta=True``, its other network. The attack's ``dddd``
+  surrogate is a port of that network, so this solver is *not* a black-box test
+  (:func:`is_white_box`); it checks, through the package's own preprocessing and onnxruntime,
+  what the port promises.
 * ``tesseract``: the classic OCR engine through ``pytesseract`` when both are installed (PSM 7,
   one text line, letters and digits only).
 * the white-box surrogates (``crnn``, ``fcn``, ``cnn`` and ``dddd``, our port of ddddocr's
@@ -23,11 +27,12 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageFilter
 
-__all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "load_solver", "load_white_box", "normalize",
-           "white_box_names"]
+__all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "is_white_box", "load_solver", "load_white_box",
+           "normalize", "white_box_names"]
 
 Solver = Callable[[Sequence[Image.Image]], list[str]]
-BLACK_BOX = ("ddddocr", "tesseract")
+#: solvers run through their own package (``ddddocr-beta`` shares its weights with ``dddd``)
+BLACK_BOX = ("ddddocr", "ddddocr-beta", "tesseract")
 
 
 def normalize(text: str) -> str:
@@ -56,7 +61,7 @@ CLEANUPS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 def available(name: str) -> bool:
     """Whether black-box solver ``name`` can run here (its package, and binary, installed)."""
-    if name == "ddddocr":
+    if name in ("ddddocr", "ddddocr-beta"):
         try:
             import ddddocr  # noqa: F401
         except Exception:  # noqa: BLE001 - missing or broken (onnxruntime) install
@@ -71,14 +76,14 @@ def available(name: str) -> bool:
     return False
 
 
-def _ddddocr() -> Solver:
+def _ddddocr(beta: bool = False) -> Solver:
     import contextlib
     import os
 
     import ddddocr
 
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):  # it prints a banner
-        ocr = ddddocr.DdddOcr(show_ad=False)
+        ocr = ddddocr.DdddOcr(show_ad=False, beta=beta)
 
     def solve(images):
         return [normalize(ocr.classification(im.convert("RGB"))) for im in images]
@@ -104,6 +109,12 @@ def white_box_names() -> tuple[str, ...]:
     from .models import SURROGATES
 
     return (*SURROGATES, DDDD_NAME)
+
+
+def is_white_box(name: str) -> bool:
+    """Whether solver ``name`` has its gradients (or its network's) in the attack: a white-box
+    surrogate, or ``ddddocr-beta`` (the network the ``dddd`` surrogate ports)."""
+    return name in white_box_names() or name == "ddddocr-beta"
 
 
 def load_white_box(names, device="cpu", folder=None) -> dict:
@@ -137,7 +148,7 @@ def _surrogate(name: str, device: str) -> Solver:
 
 
 def load_solver(name: str, device: str = "cpu") -> Solver:
-    """A solver by name: ``ddddocr``, ``tesseract`` or a white-box surrogate (``crnn``, ``fcn``,
+    """A solver by name: ``ddddocr``, ``ddddocr-beta``, ``tesseract`` or a white-box surrogate (``crnn``, ``fcn``,
     ``cnn``, ``dddd``). Raises ``ValueError`` for an unknown name or a black-box solver that is
     not installed."""
     if name in white_box_names():
@@ -145,7 +156,9 @@ def load_solver(name: str, device: str = "cpu") -> Solver:
     if name not in BLACK_BOX:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join([*BLACK_BOX, *white_box_names()])}")
     if not available(name):
-        hint = ("pip install 'advprotect[captcha]'" if name == "ddddocr"
+        hint = ("pip install 'advprotect[captcha]'" if name.startswith("ddddocr")
                 else "apt-get install tesseract-ocr and pip install pytesseract")
         raise ValueError(f"solver {name!r} is not installed ({hint})")
-    return _ddddocr() if name == "ddddocr" else _tesseract()
+    if name.startswith("ddddocr"):
+        return _ddddocr(beta=name == "ddddocr-beta")
+    return _tesseract()
