@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--eot-samples", type=int, default=None)
     ap.add_argument("--floor", type=float, default=None)
     ap.add_argument("--kappa", type=float, default=None)
+    ap.add_argument("--kernel-size", type=int, default=None, help="TI gradient smoothing kernel (odd)")
+    ap.add_argument("--preprocess", default=None, help="EOT solver ops, e.g. median,jpeg")
+    ap.add_argument("--min-ssim", type=float, default=None, help="SSIM guard (0 = off)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "captcha.json"))
     args = ap.parse_args()
@@ -76,7 +79,7 @@ def main() -> None:
         cfg.eps = args.eps / 255
     if args.surrogates:
         cfg.surrogates = tuple(s.strip() for s in args.surrogates.split(",") if s.strip())
-    for key in ("floor", "kappa", "p", "eot_samples"):
+    for key in ("floor", "kappa", "p", "eot_samples", "kernel_size", "preprocess", "min_ssim"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     protector = CaptchaProtector(cfg.validate(), "cpu")
