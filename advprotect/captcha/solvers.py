@@ -148,9 +148,9 @@ def _surrogate(name: str, device: str) -> Solver:
 
 
 def load_solver(name: str, device: str = "cpu") -> Solver:
-    """A solver by name: ``ddddocr``, ``ddddocr-beta``, ``tesseract`` or a white-box surrogate (``crnn``, ``fcn``,
-    ``cnn``, ``dddd``). Raises ``ValueError`` for an unknown name or a black-box solver that is
-    not installed."""
+    """A solver by name: ``ddddocr``, ``ddddocr-beta``, ``tesseract`` or a white-box surrogate
+    (``crnn``, ``fcn``, ``cnn``, ``dddd``). Raises ``ValueError`` for an unknown name or a package
+    solver that is not installed."""
     if name in white_box_names():
         return _surrogate(name, device)
     if name not in BLACK_BOX:
