@@ -29,12 +29,13 @@ from advprotect.captcha.position_objective import PositionObjective
 from advprotect.captcha.preprocess import (
     SolverPreprocess,
     gaussian,
+    grayscale,
     lanczos_resize,
     median3,
     otsu_threshold,
     soft_binarize,
 )
-from advprotect.captcha.protect import CaptchaProtectConfig, CaptchaProtector, texture_budget
+from advprotect.captcha.protect import CaptchaProtectConfig, CaptchaProtector, balanced_weights, texture_budget
 from advprotect.captcha.solvers import available, load_solver
 from advprotect.captcha.train import accuracy, images_to_tensor
 from advprotect.cli import app
@@ -180,6 +181,20 @@ class TestPreprocess:
         with pytest.raises(ValueError, match="expected images"):
             lanczos_resize(torch.rand(7, 9), (3, 3))
 
+    def test_fixed_views_cycle_per_step(self):
+        x = torch.rand(2, 3, 12, 20)
+        pre = SolverPreprocess("blur", p=1.0, samples=3, views="none,median")  # random: always blur
+        outs = [pre(x) for _ in range(6)]
+        plain, med = grayscale(x), grayscale(median3(x))
+        for k, y in enumerate(outs):                                          # step 1, then step 2
+            if k % 3 == 2:
+                assert not torch.allclose(y, plain) and not torch.allclose(y, med)
+            else:
+                assert torch.allclose(y, med if k % 3 == 1 else plain)
+        with pytest.raises(ValueError, match="unknown view"):
+            SolverPreprocess(views="none,sharpen")
+        assert SolverPreprocess(samples=1, views="none,median").views == ("none",)  # first `samples` only
+
     def test_chain_shape_and_errors(self):
         pre = SolverPreprocess(p=1.0, samples=3)
         x = torch.rand(2, 3, 30, 80)
@@ -255,9 +270,16 @@ class TestObjectives:
 
     def test_config_errors(self):
         for kw in ({"eps": 0.0}, {"surrogates": ("vit",)}, {"preprocess": "sharpen"}, {"mask": "jnd"},
-                   {"min_ssim": 2.0}, {"decay": -1.0}, {"surrogates": ()}):
+                   {"min_ssim": 2.0}, {"decay": -1.0}, {"surrogates": ()}, {"weights": "equal"},
+                   {"views": "none,blur"}):
             with pytest.raises(ValueError):
                 CaptchaProtectConfig(**kw).validate()
+
+    def test_balanced_weights_known_values(self):
+        x = torch.rand(2, 3, 8, 8)
+        w = balanced_weights({"a": lambda z: z.sum((1, 2, 3)), "b": lambda z: 3 * z.sum((1, 2, 3)),
+                              "flat": lambda z: (z * 0).sum((1, 2, 3))}, x)
+        assert w["a"] == pytest.approx(1.0) and w["b"] == pytest.approx(1 / 3) and w["flat"] == 1.0
 
     def test_texture_budget_range(self):
         x = torch.full((1, 3, 30, 60), 0.9)

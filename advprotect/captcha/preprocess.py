@@ -34,6 +34,7 @@ from ..attacks.eot import jpeg
 
 __all__ = [
     "OPS",
+    "VIEWS",
     "SolverPreprocess",
     "down_up",
     "gaussian",
@@ -42,6 +43,7 @@ __all__ = [
     "luma",
     "median3",
     "otsu_threshold",
+    "parse_views",
     "soft_binarize",
 ]
 
@@ -194,6 +196,17 @@ def lanczos_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 #: the chain's order and the parameter range drawn for each op
 OPS = ("jpeg", "resize", "median", "blur", "binarize")
+#: fixed views a step's draws can start with (:class:`SolverPreprocess` ``views``)
+VIEWS = ("none", "median")
+
+
+def parse_views(views) -> tuple[str, ...]:
+    """``"none,median"`` or a sequence -> a tuple of :data:`VIEWS`; ``ValueError`` otherwise."""
+    names = tuple(v.strip().lower() for v in (views.split(",") if isinstance(views, str) else views) if v.strip())
+    bad = [v for v in names if v not in VIEWS]
+    if bad:
+        raise ValueError(f"unknown view(s) {', '.join(bad)}; valid: {', '.join(VIEWS)}")
+    return names
 
 
 class SolverPreprocess(nn.Module):
@@ -205,13 +218,23 @@ class SolverPreprocess(nn.Module):
     (sigma 0.5..1.2), soft binarisation (Otsu threshold, steepness 20..60). Then the luma is
     taken (every solver reads grey). One draw per call, shared by the batch.
 
+    ``views`` fixes what a bot is sure to try, in every attack step: the attack engine calls the
+    transform ``samples`` times per step; the ``k``-th call of each step returns fixed view
+    ``views[k]`` (``none``: the CAPTCHA as it is; ``median``: after the 3x3 median filter, a
+    bot's best clean-up), and the calls past ``len(views)`` draw random chains. Without fixed
+    views the median view is in a step's gradient only when the dice draw it, and our solvers
+    read a third of the protected CAPTCHAs again after a median filter.
+
     Args:
         ops: which ops may be drawn (a comma-separated string or a list from :data:`OPS`).
         p: probability of each op per draw, in [0, 1].
         samples: gradient draws per attack step (read by the attack engine).
+        views: fixed views, the first draws of every step, from :data:`VIEWS` (default none;
+            only the first ``samples`` are used).
     """
 
-    def __init__(self, ops="jpeg,resize,median,blur,binarize", p: float = 0.35, samples: int = 2) -> None:
+    def __init__(self, ops="jpeg,resize,median,blur,binarize", p: float = 0.35, samples: int = 2,
+                 views=()) -> None:
         super().__init__()
         names = [o.strip().lower() for o in (ops.split(",") if isinstance(ops, str) else ops) if o.strip()]
         bad = [o for o in names if o not in OPS]
@@ -220,9 +243,15 @@ class SolverPreprocess(nn.Module):
         self.ops = [o for o in OPS if o in names]
         self.p = check_range("p", p, 0.0, 1.0)
         self.samples = check_int("samples", samples, 1)
+        self.views = parse_views(views)[: self.samples]
+        self._calls = 0
 
     def forward(self, x: Tensor) -> Tensor:
         _check(x)
+        k = self._calls % self.samples
+        self._calls += 1
+        if k < len(self.views):
+            return grayscale(median3(x) if self.views[k] == "median" else x)
         r = torch.rand(len(OPS) + 5).tolist()
         for i, op in enumerate(OPS):
             if op not in self.ops or r[i] >= self.p:
@@ -241,4 +270,4 @@ class SolverPreprocess(nn.Module):
         return grayscale(x)
 
     def extra_repr(self) -> str:
-        return f"ops={self.ops}, p={self.p}, samples={self.samples}"
+        return f"ops={self.ops}, p={self.p}, samples={self.samples}, views={self.views}"

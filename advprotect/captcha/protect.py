@@ -10,10 +10,12 @@ The three components the paper names, each plugged into the shared attack engine
 * **ensemble**: the surrogates of different architectures (``crnn``, ``fcn``, ``cnn``, and
   ``dddd``, a public pretrained solver: :mod:`advprotect.captcha.dddd`) combined with
   :class:`advprotect.attacks.Ensemble`, so the perturbation transfers to solvers it does not
-  see (ddddocr's default network, Tesseract);
+  see (ddddocr's default network, Tesseract); weighted by :func:`balanced_weights` so that every
+  surrogate's gradient counts the same;
 * **differentiable approximation** of the solver's preprocessing (grey, steep-sigmoid
-  binarisation, median and Gaussian filtering, resize, JPEG): a random chain of
-  :class:`~advprotect.captcha.preprocess.SolverPreprocess` is the engine's EOT transform.
+  binarisation, median and Gaussian filtering, resize, JPEG):
+  :class:`~advprotect.captcha.preprocess.SolverPreprocess` is the engine's EOT transform; every
+  step averages the CAPTCHA as it is, after a median filter, and a random clean-up chain.
 
 The budget is L-inf ``eps`` (default 8/255), lowered on flat background (where a change is most
 visible and costs most SSIM) by :func:`texture_budget`; after the attack, a protected CAPTCHA whose
@@ -38,10 +40,11 @@ from ..attacks.base import check_int, check_range
 from ..attacks.eot import jpeg
 from .ctc_objective import CTCObjective
 from .position_objective import PositionObjective
-from .preprocess import OPS, SolverPreprocess, median3
+from .preprocess import OPS, SolverPreprocess, median3, parse_views
 from .solvers import load_white_box, white_box_names
 
-__all__ = ["CaptchaProtectConfig", "CaptchaProtector", "solver_views", "ssim_per_image", "texture_budget"]
+__all__ = ["CaptchaProtectConfig", "CaptchaProtector", "balanced_weights", "solver_views", "ssim_per_image",
+           "texture_budget"]
 
 
 @dataclass
@@ -53,9 +56,13 @@ class CaptchaProtectConfig:
     (DI; default 0 = off: it weakened the white-box result and did not help transfer here). kernel_size: TI gradient smoothing kernel (odd; 1 = off). Together:
     the engine's M-DI(-TI)-FGSM. surrogates: white-box models (our crnn, fcn, cnn and dddd,
     the port of ddddocr's beta network: by far the strongest lever on the black-box ddddocr).
-    weights: ensemble weighting (uniform | adaptive). preprocess: solver ops drawn in the EOT chain
-    (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p: probability of each op per
-    draw. eot_samples: gradient draws per step. kappa: per-position margin. mask: texture (less
+    weights: ensemble weighting: balanced (default: each surrogate weighted by the inverse of its
+    mean input-gradient L1 norm on the clean batch, so that dddd, whose gradients are 2.5-4x
+    larger, does not steer every step) | uniform | adaptive. preprocess: solver ops drawn in the
+    EOT chain (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p: probability of
+    each op per draw. views: fixed EOT views, the first draws of every step (default "none,median":
+    every step sees the CAPTCHA as it is and after a median filter). eot_samples: gradient draws
+    per step (default 3: the two views and one random chain; fewer keeps the first views only). kappa: per-position margin. mask: texture (less
     change on flat background) | none. floor: budget fraction kept on flat background.
     min_ssim: SSIM guard in [0, 1]. early_stop: stop a CAPTCHA once every surrogate misreads it in
     every view (faster, transfers less). batch_size: CAPTCHAs attacked together.
@@ -68,10 +75,11 @@ class CaptchaProtectConfig:
     diversity_prob: float = 0.0
     kernel_size: int = 1
     surrogates: tuple[str, ...] = ("crnn", "fcn", "cnn", "dddd")
-    weights: str = "uniform"
+    weights: str = "balanced"
     preprocess: str = "jpeg,resize,median,blur,binarize"
     p: float = 0.35
-    eot_samples: int = 2
+    views: str = "none,median"
+    eot_samples: int = 3
     kappa: float = 5.0
     mask: str = "texture"
     floor: float = 0.6
@@ -92,14 +100,15 @@ class CaptchaProtectConfig:
         bad = [s for s in self.surrogates if s not in valid]
         if bad:
             raise ValueError(f"unknown surrogate(s) {', '.join(bad)}; valid: {', '.join(valid)}")
-        if self.weights not in ("uniform", "adaptive"):
-            raise ValueError(f"weights must be uniform or adaptive, got {self.weights!r}")
+        if self.weights not in ("balanced", "uniform", "adaptive"):
+            raise ValueError(f"weights must be balanced, uniform or adaptive, got {self.weights!r}")
         ops = [o.strip() for o in self.preprocess.split(",") if o.strip()]
         bad = [o for o in ops if o not in OPS]
         if bad:
             raise ValueError(f"unknown preprocessing op(s) {', '.join(bad)}; valid: {', '.join(OPS)}")
         check_range("p", self.p, 0.0, 1.0)
         check_int("eot_samples", self.eot_samples, 1)
+        parse_views(self.views)
         check_range("kappa", self.kappa, 0.0, lo_open=True)
         if self.mask not in ("texture", "none"):
             raise ValueError(f"mask must be texture or none, got {self.mask!r}")
@@ -137,6 +146,24 @@ def texture_budget(x: Tensor, eps: float, floor: float = 0.35, scale: float = 0.
     return eps * (floor + (1 - floor) * rel)
 
 
+def balanced_weights(losses: dict, x: Tensor) -> dict[str, float]:
+    """``{name: weight}`` proportional to ``1 / mean_b ||d loss_name(x_b) / d x_b||_1``: each
+    objective's gradient on the clean images ``x`` ``(B, 3, H, W)`` gets the same size in the
+    ensemble's sum (one forward+backward per model, once per batch). A model with a zero
+    gradient keeps the weight of the largest one."""
+    norms = {}
+    for name, loss in losses.items():
+        z = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss(z).sum(), z)
+        norms[name] = float(g.abs().flatten(1).sum(1).mean())
+    positive = [v for v in norms.values() if v > 0]
+    if not positive:
+        return {n: 1.0 for n in norms}
+    floor = min(positive)
+    return {n: floor / v if v > 0 else 1.0 for n, v in norms.items()}
+
+
 def solver_views(x: Tensor) -> dict[str, Tensor]:
     """What the success check and the reports read: the CAPTCHA as it is, after a 3x3 median
     filter and after a JPEG quality-75 round trip."""
@@ -166,7 +193,9 @@ class CaptchaProtector:
                 losses[n] = CTCObjective(m, x, texts, kappa=c.kappa)
             else:
                 losses[n] = PositionObjective(m, texts, kappa=c.kappa, device=x.device)
-        return Ensemble(losses, weights=c.weights)
+        if c.weights != "balanced":
+            return Ensemble(losses, weights=c.weights)
+        return Ensemble(losses, weights=balanced_weights(losses, x))
 
     def _success(self, texts: Sequence[str]):
         truth = [t.lower() for t in texts]
@@ -205,7 +234,8 @@ class CaptchaProtector:
         c = self.config
         t0 = time.perf_counter()
         x = x.detach().to(self.device, torch.float32)
-        eot = SolverPreprocess(c.preprocess, p=c.p, samples=c.eot_samples) if c.preprocess.strip() else None
+        eot = (SolverPreprocess(c.preprocess, p=c.p, samples=c.eot_samples, views=c.views)
+               if c.preprocess.strip() else None)
         attack = Attack(eps=c.eps, alpha=c.alpha or c.eps / 6, steps=c.steps, decay=c.decay,
                         diversity_prob=c.diversity_prob, kernel_size=c.kernel_size, eot=eot,
                         early_stop=c.early_stop)
