@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--kernel-size", type=int, default=None, help="TI gradient smoothing kernel (odd)")
     ap.add_argument("--preprocess", default=None, help="EOT solver ops, e.g. median,jpeg")
     ap.add_argument("--min-ssim", type=float, default=None, help="SSIM guard (0 = off)")
+    ap.add_argument("--weights", default=None, help="ensemble weighting: balanced, uniform or adaptive")
+    ap.add_argument("--views", default=None, help="fixed EOT views per step, e.g. none,median ('' = none)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "captcha.json"))
     args = ap.parse_args()
@@ -79,7 +81,7 @@ def main() -> None:
         cfg.eps = args.eps / 255
     if args.surrogates:
         cfg.surrogates = tuple(s.strip() for s in args.surrogates.split(",") if s.strip())
-    for key in ("floor", "kappa", "p", "eot_samples", "kernel_size", "preprocess", "min_ssim"):
+    for key in ("floor", "kappa", "p", "eot_samples", "kernel_size", "preprocess", "min_ssim", "weights", "views"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     protector = CaptchaProtector(cfg.validate(), "cpu")

@@ -275,6 +275,17 @@ class TestObjectives:
             with pytest.raises(ValueError):
                 CaptchaProtectConfig(**kw).validate()
 
+    def test_balanced_and_views_options_protect(self):
+        batch = generate_batch(2, CaptchaSpec(style="grain"), seed=4)
+        x, texts = images_to_tensor([im for _, im in batch]), [t for t, _ in batch]
+        cfg = CaptchaProtectConfig(surrogates=("crnn", "cnn"), weights="balanced", views="none,median",
+                                   eot_samples=3, steps=2)
+        prot = CaptchaProtector(cfg)
+        ens = prot._objective(x, texts)
+        assert float(ens.fixed.sum()) == pytest.approx(1.0) and bool((ens.fixed > 0).all())
+        x_adv, infos = prot.protect(x, texts)
+        assert float((x_adv - x).abs().max()) <= cfg.eps + 1e-6 and len(infos) == 2
+
     def test_balanced_weights_known_values(self):
         x = torch.rand(2, 3, 8, 8)
         w = balanced_weights({"a": lambda z: z.sum((1, 2, 3)), "b": lambda z: 3 * z.sum((1, 2, 3)),

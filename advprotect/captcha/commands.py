@@ -40,7 +40,7 @@ EPS_OPT = typer.Option("8/255", "--eps", help="L-inf budget per pixel, e.g. 8/25
 STEPS_OPT = typer.Option(40, "--steps", min=1, help="Attack iterations (more: stronger against unseen solvers, slower).")
 SURR_OPT = typer.Option("crnn,fcn,cnn,dddd", "--surrogates", help="White-box solvers attacked together: crnn (CTC), fcn (CTC), cnn (per position), dddd (ddddocr's separately trained beta network; its weights come from the pinned ddddocr wheel on first use).")
 PRE_OPT = typer.Option("jpeg,resize,median,blur,binarize", "--preprocess", help="Solver clean-ups simulated (differentiably) while optimising; '' for none.")
-EOT_OPT = typer.Option(3, "--eot-samples", min=1, help="Gradient draws averaged per step: the CAPTCHA as it is, after a 3x3 median filter (a bot's best clean-up), then random clean-up chains (default 3: one random chain).")
+EOT_OPT = typer.Option(2, "--eot-samples", min=1, help="Random clean-up chains averaged per step.")
 MASK_OPT = typer.Option("texture", "--mask", help="texture: less change on flat background (keeps SSIM high); none: full eps everywhere.")
 SSIM_OPT = typer.Option(0.9, "--min-ssim", min=0.0, max=1.0, help="Scale a CAPTCHA's change down until its SSIM to the clean one is at least this.")
 WEIGHTS_OPT = typer.Option(None, "--weights", help="Folder with surrogate weights from `advprotect captcha train` (default: the ones shipped).")

@@ -202,7 +202,8 @@ VIEWS = ("none", "median")
 
 def parse_views(views) -> tuple[str, ...]:
     """``"none,median"`` or a sequence -> a tuple of :data:`VIEWS`; ``ValueError`` otherwise."""
-    names = tuple(v.strip().lower() for v in (views.split(",") if isinstance(views, str) else views) if v.strip())
+    items = views.split(",") if isinstance(views, str) else views
+    names = tuple(v.strip().lower() for v in items if v.strip())
     bad = [v for v in names if v not in VIEWS]
     if bad:
         raise ValueError(f"unknown view(s) {', '.join(bad)}; valid: {', '.join(VIEWS)}")

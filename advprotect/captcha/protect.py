@@ -10,12 +10,12 @@ The three components the paper names, each plugged into the shared attack engine
 * **ensemble**: the surrogates of different architectures (``crnn``, ``fcn``, ``cnn``, and
   ``dddd``, a public pretrained solver: :mod:`advprotect.captcha.dddd`) combined with
   :class:`advprotect.attacks.Ensemble`, so the perturbation transfers to solvers it does not
-  see (ddddocr's default network, Tesseract); weighted by :func:`balanced_weights` so that every
-  surrogate's gradient counts the same;
+  see (ddddocr's default network, Tesseract); uniform weights by default, or
+  :func:`balanced_weights` (every surrogate's gradient counts the same);
 * **differentiable approximation** of the solver's preprocessing (grey, steep-sigmoid
   binarisation, median and Gaussian filtering, resize, JPEG):
-  :class:`~advprotect.captcha.preprocess.SolverPreprocess` is the engine's EOT transform; every
-  step averages the CAPTCHA as it is, after a median filter, and a random clean-up chain.
+  :class:`~advprotect.captcha.preprocess.SolverPreprocess` (random clean-up chains, optionally
+  after fixed views such as the median filter) is the engine's EOT transform.
 
 The budget is L-inf ``eps`` (default 8/255), lowered on flat background (where a change is most
 visible and costs most SSIM) by :func:`texture_budget`; after the attack, a protected CAPTCHA whose
@@ -53,19 +53,24 @@ class CaptchaProtectConfig:
 
     eps: L-inf budget in (0, 1] (default 8/255). steps: attack iterations. alpha: step size
     (default eps / 6). decay: momentum (MI, 1.0; 0 = off). diversity_prob: input diversity
-    (DI; default 0 = off: it weakened the white-box result and did not help transfer here). kernel_size: TI gradient smoothing kernel (odd; 1 = off). Together:
-    the engine's M-DI(-TI)-FGSM. surrogates: white-box models (our crnn, fcn, cnn and dddd,
+    (DI; default 0 = off: it weakened the white-box result and did not help transfer here).
+    kernel_size: TI gradient smoothing kernel (odd; 1 = off). Together: the engine's
+    M-DI(-TI)-FGSM. surrogates: white-box models (our crnn, fcn, cnn and dddd,
     the port of ddddocr's beta network: by far the strongest lever on the black-box ddddocr).
-    weights: ensemble weighting: balanced (default: each surrogate weighted by the inverse of its
-    mean input-gradient L1 norm on the clean batch, so that dddd, whose gradients are 2.5-4x
-    larger, does not steer every step) | uniform | adaptive. preprocess: solver ops drawn in the
-    EOT chain (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p: probability of
-    each op per draw. views: fixed EOT views, the first draws of every step (default "none,median":
-    every step sees the CAPTCHA as it is and after a median filter). eot_samples: gradient draws
-    per step (default 3: the two views and one random chain; fewer keeps the first views only). kappa: per-position margin. mask: texture (less
-    change on flat background) | none. floor: budget fraction kept on flat background.
-    min_ssim: SSIM guard in [0, 1]. early_stop: stop a CAPTCHA once every surrogate misreads it in
-    every view (faster, transfers less). batch_size: CAPTCHAs attacked together.
+    weights: ensemble weighting: uniform (default) | balanced (each surrogate weighted by the
+    inverse of its mean input-gradient L1 norm on the clean batch; dddd's gradients are 2.5-4x
+    larger, so in the uniform sum it steers every step) | adaptive. preprocess: solver ops drawn
+    in the EOT chain (subset of jpeg,resize,median,blur,binarize; "" disables EOT). p:
+    probability of each op per draw. views: fixed EOT views, the first draws of every step (e.g.
+    "none,median": every step sees the CAPTCHA as it is and after a median filter; default none).
+    eot_samples: gradient draws per step (fixed views first, then random chains). balanced +
+    views "none,median" + eot_samples 3 fool our own surrogates far more often after a median
+    filter (bench/README.md: crnn/fcn/cnn 0.375/0.44/0.42 -> 0.125/0.27/0.17) but ddddocr's default
+    network somewhat less (0.125 -> 0.21), so they are options, not the default.
+    kappa: per-position margin. mask: texture (less change on flat background) | none. floor:
+    budget fraction kept on flat background. min_ssim: SSIM guard in [0, 1]. early_stop: stop a
+    CAPTCHA once every surrogate misreads it in every view (faster, transfers less). batch_size:
+    CAPTCHAs attacked together.
     """
 
     eps: float = 8 / 255
@@ -75,11 +80,11 @@ class CaptchaProtectConfig:
     diversity_prob: float = 0.0
     kernel_size: int = 1
     surrogates: tuple[str, ...] = ("crnn", "fcn", "cnn", "dddd")
-    weights: str = "balanced"
+    weights: str = "uniform"
     preprocess: str = "jpeg,resize,median,blur,binarize"
     p: float = 0.35
-    views: str = "none,median"
-    eot_samples: int = 3
+    views: str = ""
+    eot_samples: int = 2
     kappa: float = 5.0
     mask: str = "texture"
     floor: float = 0.6
