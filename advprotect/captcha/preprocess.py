@@ -168,7 +168,15 @@ def _lanczos_matrix(n_in: int, n_out: int) -> Tensor:
     return m
 
 
-_LANCZOS_CACHE: dict[tuple[int, int], Tensor] = {}
+#: resampling matrices by (input size, output size, device, dtype): built once, not per call
+_LANCZOS_CACHE: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+
+
+def _lanczos_cached(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    key = (n_in, n_out, device, dtype)
+    if key not in _LANCZOS_CACHE:
+        _LANCZOS_CACHE[key] = _lanczos_matrix(n_in, n_out).to(device=device, dtype=dtype)
+    return _LANCZOS_CACHE[key]
 
 
 def lanczos_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -184,12 +192,8 @@ def lanczos_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     h, w = (int(v) for v in size)
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {tuple(size)}")
-    mats = []
-    for n_in, n_out in ((x.shape[-1], w), (x.shape[-2], h)):
-        if (n_in, n_out) not in _LANCZOS_CACHE:
-            _LANCZOS_CACHE[(n_in, n_out)] = _lanczos_matrix(n_in, n_out)
-        mats.append(_LANCZOS_CACHE[(n_in, n_out)].to(device=x.device, dtype=x.dtype))
-    rw, rh = mats
+    rw = _lanczos_cached(x.shape[-1], w, x.device, x.dtype)
+    rh = _lanczos_cached(x.shape[-2], h, x.device, x.dtype)
     x = torch.matmul(x, rw.transpose(0, 1)).clamp(0, 1)
     return torch.matmul(rh, x).clamp(0, 1)
 

@@ -31,8 +31,12 @@ __all__ = ["BLACK_BOX", "CLEANUPS", "Solver", "available", "is_white_box", "load
            "normalize", "white_box_names"]
 
 Solver = Callable[[Sequence[Image.Image]], list[str]]
-#: solvers run through their own package (``ddddocr-beta`` shares its weights with ``dddd``)
-BLACK_BOX = ("ddddocr", "ddddocr-beta", "tesseract")
+#: ddddocr's beta network run by the package (the ``dddd`` surrogate ports its weights)
+DDDDOCR_BETA = "ddddocr-beta"
+#: the solvers of the ddddocr package (extra ``captcha``)
+DDDDOCR_SOLVERS = ("ddddocr", DDDDOCR_BETA)
+#: solvers run through their own package
+BLACK_BOX = (*DDDDOCR_SOLVERS, "tesseract")
 
 
 def normalize(text: str) -> str:
@@ -61,7 +65,7 @@ CLEANUPS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 def available(name: str) -> bool:
     """Whether black-box solver ``name`` can run here (its package, and binary, installed)."""
-    if name in ("ddddocr", "ddddocr-beta"):
+    if name in DDDDOCR_SOLVERS:
         try:
             import ddddocr  # noqa: F401
         except Exception:  # noqa: BLE001 - missing or broken (onnxruntime) install
@@ -114,7 +118,7 @@ def white_box_names() -> tuple[str, ...]:
 def is_white_box(name: str) -> bool:
     """Whether solver ``name`` has its gradients (or its network's) in the attack: a white-box
     surrogate, or ``ddddocr-beta`` (the network the ``dddd`` surrogate ports)."""
-    return name in white_box_names() or name == "ddddocr-beta"
+    return name in white_box_names() or name == DDDDOCR_BETA
 
 
 def load_white_box(names, device="cpu", folder=None) -> dict:
@@ -156,9 +160,9 @@ def load_solver(name: str, device: str = "cpu") -> Solver:
     if name not in BLACK_BOX:
         raise ValueError(f"unknown solver {name!r}; valid: {', '.join([*BLACK_BOX, *white_box_names()])}")
     if not available(name):
-        hint = ("pip install 'advprotect[captcha]'" if name.startswith("ddddocr")
+        hint = ("pip install 'advprotect[captcha]'" if name in DDDDOCR_SOLVERS
                 else "apt-get install tesseract-ocr and pip install pytesseract")
         raise ValueError(f"solver {name!r} is not installed ({hint})")
-    if name.startswith("ddddocr"):
-        return _ddddocr(beta=name == "ddddocr-beta")
+    if name in DDDDOCR_SOLVERS:
+        return _ddddocr(beta=name == DDDDOCR_BETA)
     return _tesseract()
