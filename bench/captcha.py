@@ -58,6 +58,11 @@ def main() -> None:
     ap.add_argument("--kernel-size", type=int, default=None, help="TI gradient smoothing kernel (odd)")
     ap.add_argument("--preprocess", default=None, help="EOT solver ops, e.g. median,jpeg")
     ap.add_argument("--min-ssim", type=float, default=None, help="SSIM guard (0 = off)")
+    ap.add_argument("--ssim-in-loop", type=int, choices=(0, 1), default=None,
+                    help="1: hold the SSIM guard after every attack step; 0: only at the end")
+    ap.add_argument("--step", default=None, help="attack step: scaled or sign")
+    ap.add_argument("--retry-steps", type=int, default=None, help="second-pass steps for CAPTCHAs a surrogate still reads (0 = off)")
+    ap.add_argument("--mask", default=None, help="budget mask: texture or none")
     ap.add_argument("--weights", default=None, help="ensemble weighting: balanced, uniform or adaptive")
     ap.add_argument("--views", default=None, help="fixed EOT views per step, e.g. none,median ('' = none)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -81,9 +86,10 @@ def main() -> None:
         cfg.eps = args.eps / 255
     if args.surrogates:
         cfg.surrogates = tuple(s.strip() for s in args.surrogates.split(",") if s.strip())
-    for key in ("floor", "kappa", "p", "eot_samples", "kernel_size", "preprocess", "min_ssim", "weights", "views"):
+    for key in ("floor", "kappa", "p", "eot_samples", "kernel_size", "preprocess", "min_ssim", "ssim_in_loop", "step",
+                "retry_steps", "mask", "weights", "views"):
         if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
+            setattr(cfg, key, bool(args.ssim_in_loop) if key == "ssim_in_loop" else getattr(args, key))
     protector = CaptchaProtector(cfg.validate(), "cpu")
     t0 = time.perf_counter()
     x_adv, infos = protector.protect(x, texts)
@@ -121,6 +127,7 @@ def main() -> None:
         "ssim": {"mean": round(float(np.mean(ssim)), 4), "min": round(float(np.min(ssim)), 4),
                  "below_0.9": int(sum(s < 0.9 for s in ssim)),
                  "scaled_by_guard": int(sum(i["ssim_scale"] < 1 for i in infos))},
+        "retried": int(sum(i.get("retried", False) for i in infos)),
         "linf_255_max": max(i["linf_255"] for i in infos),
         "surrogates_fooled_in_every_view": round(sum(i["fooled"] for i in infos) / args.n, 4),
         "solvers": solvers,

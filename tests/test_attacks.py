@@ -30,6 +30,7 @@ from advprotect.attacks import (
     jnd_map,
     make_attack,
     parse_robust,
+    scaled_sign,
     smooth_gradient,
     ti_kernel,
 )
@@ -204,7 +205,8 @@ def test_cwl2_binary_search_with_success(images, classifier):
         ({"alpha": 0}, "alpha"), ({"decay": -1}, "decay"), ({"diversity_prob": 1.5}, "diversity_prob"),
         ({"diversity_prob": -0.1}, "diversity_prob"), ({"resize_rate": 0.9}, "resize_rate"),
         ({"kernel_size": 4}, "kernel_size"), ({"sigma": 0}, "sigma"), ({"eot_samples": 0}, "eot_samples"),
-        ({"eot": "jpeg,sharpen"}, "sharpen"),
+        ({"eot": "jpeg,sharpen"}, "sharpen"), ({"step": "adam"}, "step must be one of sign, scaled"),
+        ({"step_quantile": 0}, "step_quantile"), ({"step_quantile": 1.5}, "step_quantile"),
     ],
 )
 def test_attack_parameter_validation(kwargs, word):
@@ -282,6 +284,60 @@ def test_fgsm_is_one_sign_step(images, classifier):
         MIFGSM(eps, 1 / 255, 4, decay=0.0)(images, objective),
         IFGSM(eps, 1 / 255, 4)(images, objective), atol=1e-7, rtol=0,
     )
+
+
+def test_scaled_sign_known_values():
+    g = torch.tensor([[0.0, 1.0, -2.0, 4.0, -8.0]])
+    # quantile 0.6 of |g| = 3rd smallest = 2: entries at or above it take a full step
+    torch.testing.assert_close(scaled_sign(g, 0.6), torch.tensor([[0.0, 0.5, -1.0, 1.0, -1.0]]))
+    torch.testing.assert_close(scaled_sign(g, 1.0), g / 8)  # quantile 1: g / max|g|
+    small = scaled_sign(g, 1e-6)  # the smallest entry (0) as scale: every non-zero entry saturates
+    torch.testing.assert_close(small, g.sign())
+    # per sample, whatever the gradient's scale; the input is not modified
+    two = torch.stack([g[0], 1000 * g[0]]).view(2, 1, 1, 5)
+    before = two.clone()
+    out = scaled_sign(two, 0.6)
+    torch.testing.assert_close(out[0], out[1])
+    assert torch.equal(two, before)
+    with pytest.raises(ValueError, match="quantile"):
+        scaled_sign(g, 0.0)
+
+
+def test_scaled_step_invariants_and_progress(images, classifier):
+    objective = ce_objective(classifier, images)
+    eps = 8 / 255
+    x = images.clone()
+    before = objective(images)
+    for decay in (0.0, 1.0):
+        x_adv = Attack(eps=eps, alpha=2 / 255, steps=5, decay=decay, step="scaled")(x, objective)
+        d = (x_adv - x).abs()
+        assert d.max().item() <= eps + TOL and x_adv.min().item() >= 0 and x_adv.max().item() <= 1
+        assert (objective(x_adv) > before).all()
+        # unlike the sign step, most pixels move less than the full budget
+        assert (d < eps - 1e-4).float().mean().item() > 0.5
+    assert torch.equal(x, images)
+    # one step: x + alpha * clamp(grad / q90(|grad|), -1, 1)
+    z = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(objective(z).sum(), z)
+    one = Attack(eps=eps, alpha=eps, steps=1, step="scaled")(images, objective)
+    torch.testing.assert_close(one, (images + eps * scaled_sign(grad, 0.9)).clamp(0, 1), atol=1e-7, rtol=0)
+
+
+def test_projection_hook_runs_every_step(images, classifier):
+    objective = ce_objective(classifier, images)
+    calls = []
+
+    def halve(x_adv, x):  # a toy constraint: keep only half of every step's perturbation
+        calls.append(1)
+        x_adv.sub_(x).mul_(0.5).add_(x)
+
+    eps = 8 / 255
+    x_adv = IFGSM(eps, 1 / 255, 6)(images, objective, project=halve)
+    assert len(calls) == 6
+    # the geometric series 1/2 + 1/4 + ... of one-pixel steps stays below 1/255
+    assert (x_adv - images).abs().max().item() < 1 / 255
+    with pytest.raises(ValueError, match="cwl2.*no extra projection"):
+        CWL2(steps=2)(images, objective, project=halve)
 
 
 def test_eps_map_respected_per_pixel(images, classifier):

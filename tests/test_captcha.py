@@ -35,7 +35,15 @@ from advprotect.captcha.preprocess import (
     otsu_threshold,
     soft_binarize,
 )
-from advprotect.captcha.protect import CaptchaProtectConfig, CaptchaProtector, balanced_weights, texture_budget
+from advprotect.captcha.protect import (
+    CaptchaProtectConfig,
+    CaptchaProtector,
+    balanced_weights,
+    ssim_per_image,
+    ssim_scale_,
+    texture_budget,
+    to_8bit,
+)
 from advprotect.captcha.solvers import available, load_solver
 from advprotect.captcha.train import accuracy, images_to_tensor
 from advprotect.cli import app
@@ -234,6 +242,31 @@ class TestSurrogates:
             acc = accuracy(model, x, texts)
             assert acc >= 0.95, f"{name}: {acc:.3f}"
 
+    @pytest.mark.parametrize("precision", ["fp32", "bf16"])
+    def test_training_lowers_the_loss(self, precision):
+        from advprotect.captcha.train import train_surrogates
+
+        torch.manual_seed(0)
+        rep, models = train_surrogates(["cnn"], steps=30, batch_size=16, workers=0, val_per_style=2,
+                                       precision=precision, lr=3e-3)
+        r = rep["models"]["cnn"]
+        assert rep["precision"] == precision and rep["samples"] == 480
+        assert r["loss_final"] < 0.9 * r["loss_first"], r
+        assert not models["cnn"].training  # returned ready to read
+        with pytest.raises(ValueError, match="precision"):
+            train_surrogates(["cnn"], steps=1, precision="fp16")
+
+    def test_pick_precision(self):
+        from advprotect.captcha.train import pick_precision, training_batch
+
+        imgs, texts = training_batch(0, 0, 4)
+        x = torch.from_numpy(imgs).unsqueeze(1).float() / 255
+        m = build("cnn").train()
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        choice, ratio = pick_precision({"cnn": m}, x, texts)
+        assert choice in ("fp32", "bf16") and (choice == "bf16") == (ratio >= 1.25)
+        assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # probed on a copy
+
     def test_viterbi_known_alignment(self):
         lp = np.full((6, 4), -10.0)
         for t, c in enumerate([0, 2, 2, 0, 3, 0]):
@@ -271,7 +304,7 @@ class TestObjectives:
     def test_config_errors(self):
         for kw in ({"eps": 0.0}, {"surrogates": ("vit",)}, {"preprocess": "sharpen"}, {"mask": "jnd"},
                    {"min_ssim": 2.0}, {"decay": -1.0}, {"surrogates": ()}, {"weights": "equal"},
-                   {"views": "none,blur"}):
+                   {"views": "none,blur"}, {"step": "adam"}):
             with pytest.raises(ValueError):
                 CaptchaProtectConfig(**kw).validate()
 
@@ -292,6 +325,28 @@ class TestObjectives:
                               "flat": lambda z: (z * 0).sum((1, 2, 3))}, x)
         assert w["a"] == pytest.approx(1.0) and w["b"] == pytest.approx(1 / 3) and w["flat"] == 1.0
 
+    def test_ssim_scale_known_values(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(3, 3, 30, 60, generator=g) * 0.5 + 0.25
+        noise = (torch.rand(3, 3, 30, 60, generator=g) - 0.5) * 0.4
+        x_adv = x + noise * torch.tensor([0.01, 1.0, 0.5]).view(3, 1, 1, 1)
+        before = ssim_per_image(x, x_adv)
+        assert before[0] > 0.99 > 0.9 > before[1]
+        target = 0.9
+        xa = x_adv.clone()
+        scale = ssim_scale_(xa, x, target)
+        after = ssim_per_image(x, xa)
+        assert scale[0] == 1.0 and torch.equal(xa[0], x_adv[0])  # above the bound: untouched
+        for i in (1, 2):
+            if before[i] < target:  # scaled down onto the bound, from above, within bisection resolution
+                assert 0 < float(scale[i]) < 1 and target <= float(after[i]) < target + 0.005
+                torch.testing.assert_close(xa[i] - x[i], (x_adv[i] - x[i]) * scale[i])
+        # quantized: the bound holds on the 8-bit rounding (what a file holds)
+        x8 = to_8bit(x)
+        xq = to_8bit(x_adv)
+        ssim_scale_(xq, x8, target, quantized=True)
+        assert bool((ssim_per_image(x8, to_8bit(xq)) >= target).all())
+
     def test_texture_budget_range(self):
         x = torch.full((1, 3, 30, 60), 0.9)
         x[..., 10:20, 20:40] = 0.1
@@ -304,29 +359,34 @@ class TestObjectives:
 @pytest.fixture(scope="module")
 def protected():
     torch.manual_seed(0)
-    batch = generate_batch(6, CaptchaSpec(style="noisy"), seed=4242)
+    # plain: the style ddddocr reads best (about 60% clean), on a flat background where the SSIM
+    # bound binds hardest
+    batch = generate_batch(8, CaptchaSpec(style="plain"), seed=4242)
     texts = [t for t, _ in batch]
     x = images_to_tensor([im for _, im in batch])
     before = x.clone()
-    prot = CaptchaProtector(CaptchaProtectConfig(steps=25, batch_size=6))
+    prot = CaptchaProtector(CaptchaProtectConfig(steps=25, batch_size=8))
     x_adv, infos = prot.protect(x, texts)
     return x, before, x_adv, infos, texts, prot
 
 
 class TestProtect:
     def test_bounds_and_no_mutation(self, protected):
-        x, before, x_adv, infos, _, _ = protected
+        x, before, x_adv, infos, _, prot = protected
         assert torch.equal(x, before)
-        assert float((x_adv - x).abs().max()) <= 8 / 255 + 1e-6
+        assert float((x_adv - x).abs().max()) <= prot.config.eps + 1e-6
         assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+        # the bound holds on the 8-bit image that is written, as reported
+        written = (x_adv * 255).round() / 255
+        assert bool((ssim_per_image(x, written) >= 0.9).all())
         assert all(i["ssim"] >= 0.9 for i in infos)
 
     def test_surrogates_fooled(self, protected, surrogates):
         x, _, x_adv, infos, texts, _ = protected
         for name, m in surrogates.items():
-            assert accuracy(m, x, texts) >= 5 / 6, name  # they read the clean ones
-            assert accuracy(m, x_adv, texts) <= 1 / 6, name  # and at most one protected one
-        assert sum(i["fooled"] for i in infos) >= 3  # every surrogate, as is + median + JPEG
+            assert accuracy(m, x, texts) >= 7 / 8, name  # they read the clean ones
+            assert accuracy(m, x_adv, texts) == 0, name  # and none of the protected ones
+        assert sum(i["fooled"] for i in infos) >= 7  # every surrogate, as is + median + JPEG
         assert all("answer" not in json.dumps(i) for i in infos)
 
     def test_bad_input(self, protected):
@@ -350,8 +410,8 @@ class TestProtect:
         assert len(clean_ans) == len(prot_ans) == len(texts)
         clean_ok = sum(a == t for a, t in zip(clean_ans, texts))
         prot_ok = sum(a == t for a, t in zip(prot_ans, texts))
-        assert clean_ok >= 1  # it solves some of these CAPTCHAs (about 40% of this style)...
-        assert prot_ok <= clean_ok  # ...and no more once protected (bench/captcha.py: the rates)
+        assert clean_ok >= 2  # it solves some of these CAPTCHAs (3 of 8; about 60% of this style)...
+        assert prot_ok == 0  # ...and none once protected (bench/captcha.py, 48 plain: 62% -> 2%)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -409,6 +469,7 @@ class TestCLI:
         (["generate", "-n", "2", "--surrogates", "vit"], "unknown surrogate"),
         (["protect", "IN", "--labels", "missing.csv"], "not found"),
         (["train", "--models", "vit"], "unknown model"),
+        (["train", "--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
     ])
     def test_usage_errors(self, tmp_path, args, match):
         args = [a if a != "IN" else str(tmp_path) for a in args]
@@ -417,6 +478,22 @@ class TestCLI:
         res = runner.invoke(app, ["captcha", *args])
         assert res.exit_code == 2, res.output
         assert match in res.output
+
+    def test_train_writes_loadable_weights(self, tmp_path):
+        out = tmp_path / "w"
+        res = runner.invoke(app, ["--json", "captcha", "train", "-o", str(out), "--models", "cnn", "--steps", "2",
+                                  "--batch-size", "4", "--workers", "0", "--min-accuracy", "0",
+                                  "--val-per-style", "3"])
+        assert res.exit_code == 0, res.output
+        rep = json.loads(res.stdout)
+        assert rep["steps"] == 2 and rep["precision"] in ("fp32", "bf16") and rep["below_min_accuracy"] == []
+        assert set(rep["models"]["cnn"]["val_exact_match"]) == set(STYLES)
+        loaded = load_surrogates(("cnn",), folder=str(out))
+        assert set(loaded) == {"cnn"}
+        # a 2-step model reads nothing: --min-accuracy fails the run with exit 1
+        res = runner.invoke(app, ["captcha", "train", "-o", str(out), "--models", "cnn", "--steps", "2",
+                                  "--batch-size", "4", "--workers", "0", "--val-per-style", "3"])
+        assert res.exit_code == 1 and "below --min-accuracy" in res.output
 
     def test_evaluate_needs_labels(self, tmp_path):
         (tmp_path / "a").mkdir()

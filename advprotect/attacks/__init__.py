@@ -11,7 +11,7 @@ always return ``x_adv`` with ``|x_adv - x| <= eps`` (or a per-pixel ``eps_map``)
 
 from __future__ import annotations
 
-from .base import Attack, input_diversity, smooth_gradient, ti_kernel
+from .base import Attack, input_diversity, scaled_sign, smooth_gradient, ti_kernel
 from .budget import BUDGET_MODES, budget_map, jnd_map
 from .cwl2 import CWL2
 from .difgsm import DIFGSM
@@ -82,6 +82,7 @@ __all__ = [
     "jnd_map",
     "make_attack",
     "parse_robust",
+    "scaled_sign",
     "smooth_gradient",
     "ti_kernel",
 ]

@@ -13,8 +13,11 @@ single iterative loop (:meth:`Attack._perturb`) implements, per step:
 4. optional translation-invariant smoothing (TI, Dong et al. 2019): depthwise convolution of the
    gradient with a normalised Gaussian kernel;
 5. optional momentum (MI, Dong et al. 2018): ``g <- decay * g + grad / ||grad||_1``;
-6. a sign step of size ``alpha`` (scaled per pixel as ``alpha * eps_map / eps`` when a budget map
-   is given), then projection onto the L-inf ball ``|delta| <= eps_map`` and onto ``[0, 1]``.
+6. a step of size ``alpha`` (scaled per pixel as ``alpha * eps_map / eps`` when a budget map
+   is given) along the sign of the update, or with ``step="scaled"`` along the update divided
+   by a per-sample quantile of its magnitude (:func:`scaled_sign`), then projection onto the
+   L-inf ball ``|delta| <= eps_map`` and onto ``[0, 1]``;
+7. an optional further projection ``project(x_adv, x)`` (e.g. onto an SSIM bound).
 
 Conventions
 -----------
@@ -39,15 +42,20 @@ from torch import Tensor
 Objective = Callable[[Tensor], Tensor]
 SuccessFn = Callable[[Tensor], Tensor]
 Callback = Callable[[int, Tensor], None]
+Projection = Callable[[Tensor, Tensor], None]
+STEPS = ("sign", "scaled")
 
 __all__ = [
     "Attack",
     "Callback",
     "Objective",
+    "Projection",
+    "STEPS",
     "SuccessFn",
     "check_int",
     "check_range",
     "input_diversity",
+    "scaled_sign",
     "smooth_gradient",
     "ti_kernel",
 ]
@@ -144,6 +152,24 @@ def ti_kernel(
     return (k / k.sum()).to(dtype)
 
 
+def scaled_sign(g: Tensor, quantile: float = 0.9) -> Tensor:
+    """A sign with magnitudes: ``clamp(g / q, -1, 1)`` where ``q`` is the ``quantile`` of
+    ``|g|`` over each sample of ``g`` ``(B, ...)``. The largest ``1 - quantile`` of the entries
+    take a full step, the others a step proportional to their gradient; ``quantile`` 1 is
+    ``g / max|g|``, and as ``quantile`` goes to 0 this becomes ``sign(g)``.
+
+    Related to the non-sign and staircase steps of Cheng et al. 2021 ("Fast gradient non-sign
+    methods") and Zhang et al. 2021 ("Staircase sign method for boosting adversarial
+    attacks"): the sign step moves every pixel by the full ``alpha``, which spends a perceptual
+    budget such as SSIM on pixels the loss hardly depends on. Under an SSIM bound (CAPTCHAs)
+    this step, not the sign, is what lets the perturbation transfer."""
+    q = check_range("quantile", quantile, 0.0, 1.0, lo_open=True)
+    a = g.detach().abs().flatten(1)
+    k = min(a.shape[1], max(1, math.ceil(a.shape[1] * q)))
+    scale = a.kthvalue(k, dim=1).values.clamp_min(1e-12)
+    return (g / scale.view(-1, *([1] * (g.dim() - 1)))).clamp_(-1.0, 1.0)
+
+
 def smooth_gradient(grad: Tensor, kernel: Tensor) -> Tensor:
     """Depthwise convolution of ``grad`` ``(B, C, H, W)`` with ``kernel`` ``(k, k)`` (same size
     output, zero padding): the TI gradient smoothing."""
@@ -175,8 +201,13 @@ class Attack:
             ``x -> x'`` or a spec string such as ``"jpeg,resize,blur,noise"``; None disables.
         eot_samples: gradient draws averaged per step ``>= 1`` (default: ``eot.samples`` or 1).
         early_stop: with a ``success`` function, freeze samples that already succeed.
+        step: ``"sign"`` (default; the FGSM family) or ``"scaled"`` (:func:`scaled_sign`: full
+            steps only for the largest entries of the update, the rest proportional).
+        step_quantile: the quantile in ``(0, 1]`` of ``|update|`` that takes a full step with
+            ``step="scaled"`` (default 0.9: the top 10% of pixels).
 
-    Call ``attack(x, objective, success=None, eps_map=None, init=None, callback=None)``.
+    Call ``attack(x, objective, success=None, eps_map=None, init=None, callback=None,
+    project=None)``.
     """
 
     name = "attack"
@@ -196,6 +227,8 @@ class Attack:
         eot=None,
         eot_samples: int | None = None,
         early_stop: bool = False,
+        step: str = "sign",
+        step_quantile: float = 0.9,
     ) -> None:
         self.eps = check_range("eps", eps, 0.0, 1.0, lo_open=True)
         self.alpha = check_range("alpha", alpha, 0.0, 1.0, lo_open=True)
@@ -209,6 +242,10 @@ class Attack:
         self.sigma = None if sigma is None else check_range("sigma", sigma, 0.0, lo_open=True)
         self.random_start = bool(random_start)
         self.early_stop = bool(early_stop)
+        if step not in STEPS:
+            raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
+        self.step = step
+        self.step_quantile = check_range("step_quantile", step_quantile, 0.0, 1.0, lo_open=True)
         if eot_samples is not None:
             eot_samples = check_int("eot_samples", eot_samples, 1)
         if isinstance(eot, str):
@@ -233,6 +270,7 @@ class Attack:
         eps_map: Tensor | float | None = None,
         init: Tensor | None = None,
         callback: Callback | None = None,
+        project: Projection | None = None,
     ) -> Tensor:
         """Perturb ``x`` ``(B, C, H, W)`` in ``[0, 1]`` to maximise ``objective``.
 
@@ -247,6 +285,9 @@ class Attack:
                 perturbation ``(1, C, H, W)``); projected onto the budget and ``[0, 1]``.
             callback: optional ``callback(step, loss)`` called once per step with the detached
                 per-sample loss ``(B,)`` measured at that step.
+            project: optional ``project(x_adv, x)``, a further constraint applied in place after
+                every step's L-inf projection (e.g. a perceptual bound such as SSIM); it must
+                move ``x_adv`` only towards ``x`` (so the L-inf and box bounds still hold).
 
         Returns:
             ``x_adv`` ``(B, C, H, W)``, detached, with ``|x_adv - x| <= eps`` and values in [0, 1].
@@ -259,11 +300,11 @@ class Attack:
         x = self._check_images(x)
         budget = self._budget(x, eps_map)
         start = self._start(x, budget, init)
-        return self._perturb(x, objective, budget, start, success, callback)
+        return self._perturb(x, objective, budget, start, success, callback, project)
 
     def __repr__(self) -> str:
         keys = ("eps", "alpha", "steps", "decay", "diversity_prob", "resize_rate", "kernel_size",
-                "random_start", "eot_samples", "early_stop")
+                "random_start", "eot_samples", "early_stop", "step", "step_quantile")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
 
@@ -385,6 +426,7 @@ class Attack:
         delta: Tensor,
         success: SuccessFn | None,
         callback: Callback | None,
+        project: Projection | None = None,
     ) -> Tensor:
         """The shared loop, from the projected start perturbation ``delta``.
 
@@ -406,6 +448,7 @@ class Attack:
         hi.add_(x)
         x_adv = (x + delta).clamp_(lo, hi)
         watch = self.early_stop and success is not None
+        sign = self.step == "sign"
         active = None  # float mask (B,1,1,1) of samples still updated
 
         for i in range(self.steps):
@@ -424,9 +467,10 @@ class Attack:
                     # divided by the pixel count (same direction, scale-friendly in low precision)
                     norm = torch.linalg.vector_norm(grad, ord=1, dim=(1, 2, 3), keepdim=True)
                     norm = norm.div_(per_sample).clamp_min_(1e-12)
-                    direction = torch.sign(momentum.mul_(self.decay).addcdiv_(grad, norm))
+                    update = momentum.mul_(self.decay).addcdiv_(grad, norm)
+                    direction = torch.sign(update) if sign else scaled_sign(update, self.step_quantile)
                 else:
-                    direction = grad.sign_()
+                    direction = grad.sign_() if sign else scaled_sign(grad, self.step_quantile)
                 if active is not None:
                     direction.mul_(active)
                 if step_map is None:
@@ -434,6 +478,8 @@ class Attack:
                 else:
                     x_adv.addcmul_(direction, step_map)
                 x_adv.clamp_(lo, hi)
+                if project is not None:
+                    project(x_adv, x)
             if callback is not None:
                 callback(i, loss)
         return x_adv

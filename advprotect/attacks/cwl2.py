@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Attack, Callback, Objective, SuccessFn, check_int, check_range
+from .base import Attack, Callback, Objective, Projection, SuccessFn, check_int, check_range
 
 __all__ = ["CWL2"]
 
@@ -89,7 +89,11 @@ class CWL2(Attack):
         delta: Tensor,
         success: SuccessFn | None,
         callback: Callback | None,
+        project: Projection | None = None,
     ) -> Tensor:
+        if project is not None:
+            raise ValueError("cwl2 optimises in tanh space and takes no extra projection (project=); "
+                             "use a sign-step attack such as mifgsm")
         b = x.shape[0]
         full_budget = budget.expand_as(x)
         safe = full_budget.clamp_min(1e-12)
