@@ -16,6 +16,7 @@ the machine (measured at the start: about 2x on CPUs with AVX512-BF16/AMX).
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import random
 import time
@@ -122,7 +123,8 @@ def _augment(x: Tensor, gen: torch.Generator, pre: SolverPreprocess) -> Tensor:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def _step_seconds(models: dict[str, nn.Module], x: Tensor, texts: list[str], bf16: bool, repeat: int = 2) -> float:
+def _step_seconds(models: dict[str, nn.Module], x: Tensor, texts: list[str], bf16: bool,
+                  repeat: int = 2) -> float:
     """Best time of one forward+backward of every model on ``x`` (after a warm-up)."""
     best = float("inf")
     for i in range(repeat + 1):
@@ -145,8 +147,6 @@ def pick_precision(models: dict[str, nn.Module], x: Tensor, texts: list[str]) ->
     faster for these models on this machine (CPUs with AVX512-BF16 or AMX: about 2x; elsewhere it
     is emulated and slower). Measured on copies, so the models' weights and statistics are
     untouched."""
-    import copy
-
     probe = {n: copy.deepcopy(m) for n, m in models.items()}
     try:
         ratio = _step_seconds(probe, x, texts, False) / _step_seconds(probe, x, texts, True)
