@@ -24,8 +24,8 @@ layer is cheap.
 
 Conventions (as :mod:`advprotect.captcha.models`): ``forward(x)`` takes ``(B, 3|1, H, W)`` in
 ``[0, 1]``, resizes to height 64 keeping the aspect ratio with Pillow's Lanczos filter and
-converts to grey (BT.601 luma), in that order, as ddddocr does before its network, and returns CTC log-probabilities ``(B, T, C)`` in *our*
-class space: 0 blank, ``1..len(ALPHABET)`` the answer alphabet (upper and lower case merged by
+converts to grey (BT.601 luma), in that order, as ddddocr does before its network, and returns
+CTC log-probabilities ``(B, T, C)`` in *our* class space: 0 blank, ``1..len(ALPHABET)`` the answer alphabet (upper and lower case merged by
 log-sum-exp, answers are case-insensitive), and, when the alphabet does not cover every ASCII
 letter and digit, one last class for the others. ``read(x)`` decodes the kept classes greedily to text.
 

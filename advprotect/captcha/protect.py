@@ -43,7 +43,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..attacks import Attack, Ensemble
-from ..attacks.base import STEPS, check_int, check_range
+from ..attacks.base import check_int, check_range
 from .ctc_objective import CTCObjective
 from .position_objective import PositionObjective
 from .preprocess import OPS, SolverPreprocess, parse_views
@@ -113,7 +113,7 @@ class CaptchaProtectConfig:
         if self.alpha is not None:
             check_range("alpha", self.alpha, 0.0, 1.0, lo_open=True)
         Attack(eps=self.eps, steps=self.steps, decay=self.decay, diversity_prob=self.diversity_prob,
-               kernel_size=self.kernel_size)
+               kernel_size=self.kernel_size, step=self.step)
         valid = white_box_names()
         if not self.surrogates:
             raise ValueError(f"at least one surrogate is needed; valid: {', '.join(valid)}")
@@ -134,8 +134,6 @@ class CaptchaProtectConfig:
             raise ValueError(f"mask must be texture or none, got {self.mask!r}")
         check_range("floor", self.floor, 0.0, 1.0)
         check_range("min_ssim", self.min_ssim, 0.0, 1.0)
-        if self.step not in STEPS:
-            raise ValueError(f"step must be one of {', '.join(STEPS)}, got {self.step!r}")
         check_int("batch_size", self.batch_size, 1)
         check_int("retry_steps", self.retry_steps, 0)
         return self
@@ -263,18 +261,33 @@ class CaptchaProtector:
             return Ensemble(losses, weights=c.weights)
         return Ensemble(losses, weights=balanced_weights(losses, x))
 
+    @staticmethod
+    def _fooled(reads: dict[str, dict[str, list[str]]], truth: Sequence[str]) -> Tensor:
+        """``(B,)`` bool: every surrogate misreads every view (``reads`` from :meth:`read`)."""
+        ok = torch.ones(len(truth), dtype=torch.bool)
+        for per_view in reads.values():
+            for answers in per_view.values():
+                ok &= torch.tensor([a != t for a, t in zip(answers, truth)])
+        return ok
+
     def _success(self, texts: Sequence[str]):
         truth = [t.lower() for t in texts]
 
         def success(x_adv: Tensor) -> Tensor:
-            reads = self.read(x_adv)  # the 8-bit file, as is and after the real clean-ups
-            ok = torch.ones(len(truth), dtype=torch.bool)
-            for per_view in reads.values():
-                for answers in per_view.values():
-                    ok &= torch.tensor([a != t for a, t in zip(answers, truth)])
-            return ok.to(x_adv.device)
+            # the 8-bit file, as is and after the real clean-ups
+            return self._fooled(self.read(x_adv), truth).to(x_adv.device)
 
         return success
+
+    def _attack(self, steps: int, views: str, samples: int, early_stop: bool) -> Attack:
+        """The engine configured from the settings, with EOT over ``samples`` solver clean-up
+        draws per step (``views`` first; no EOT when ``preprocess`` is empty)."""
+        c = self.config
+        eot = (SolverPreprocess(c.preprocess, p=c.p, samples=samples, views=views)
+               if c.preprocess.strip() else None)
+        return Attack(eps=c.eps, alpha=c.alpha or c.eps / 6, steps=steps, decay=c.decay,
+                      diversity_prob=c.diversity_prob, kernel_size=c.kernel_size, eot=eot,
+                      early_stop=early_stop, step=c.step)
 
     def protect(self, x: Tensor, texts: Sequence[str]) -> tuple[Tensor, list[dict]]:
         """Protect CAPTCHAs ``x`` ``(B, 3, H, W)`` in [0, 1] with answers ``texts``.
@@ -316,11 +329,7 @@ class CaptchaProtector:
         if idx.numel() == 0:
             return []
         sub_texts = [texts[i] for i in idx.tolist()]
-        eot = (SolverPreprocess(c.preprocess, p=c.p, samples=max(3, c.eot_samples), views="none,median")
-               if c.preprocess.strip() else None)
-        attack = Attack(eps=c.eps, alpha=c.alpha or c.eps / 6, steps=c.retry_steps, decay=c.decay,
-                        diversity_prob=c.diversity_prob, kernel_size=c.kernel_size, eot=eot,
-                        early_stop=True, step=c.step)
+        attack = self._attack(c.retry_steps, "none,median", max(3, c.eot_samples), early_stop=True)
         x0 = x[idx]
         x_adv[idx] = attack(x0, self._objective(x0, sub_texts), success=self._success(sub_texts),
                             eps_map=None if eps_map is None else eps_map[idx], init=x_adv[idx] - x0,
@@ -331,11 +340,7 @@ class CaptchaProtector:
         c = self.config
         t0 = time.perf_counter()
         x = x.detach().to(self.device, torch.float32)
-        eot = (SolverPreprocess(c.preprocess, p=c.p, samples=c.eot_samples, views=c.views)
-               if c.preprocess.strip() else None)
-        attack = Attack(eps=c.eps, alpha=c.alpha or c.eps / 6, steps=c.steps, decay=c.decay,
-                        diversity_prob=c.diversity_prob, kernel_size=c.kernel_size, eot=eot,
-                        early_stop=c.early_stop, step=c.step)
+        attack = self._attack(c.steps, c.views, c.eot_samples, early_stop=c.early_stop)
         eps_map = texture_budget(x, c.eps, c.floor) if c.mask == "texture" else None
         success = self._success(texts)
         project = ((lambda xa, x0: ssim_scale_(xa, x0, c.min_ssim, quantized=True))
@@ -346,11 +351,11 @@ class CaptchaProtector:
         x_adv = x_adv.detach()
         clean_reads = self.read(x)
         adv_reads = self.read(x_adv)
-        fooled = success(x_adv).cpu()
+        truth = [t.lower() for t in texts]
+        fooled = self._fooled(adv_reads, truth)
         secs = (time.perf_counter() - t0) / x.shape[0]
         infos = []
         linf = (x_adv - x).abs().flatten(1).amax(1) * 255
-        truth = [t.lower() for t in texts]
         for j, t in enumerate(truth):
             # booleans only: the report must not reveal the answer (--hash-answers)
             infos.append({
